@@ -1,0 +1,72 @@
+"""The implementation registry: which ``cross_entropy`` the suite grades.
+
+Each entry returns a callable with ``torch.nn.functional.cross_entropy``'s
+signature.  Entries are built lazily, so grading stock torch never imports or
+builds the patch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+
+CrossEntropy = Callable[..., torch.Tensor]
+
+
+def _torch() -> CrossEntropy:
+    """The installed ``F.cross_entropy`` (stock, or a fork with the series applied)."""
+    return F.cross_entropy
+
+
+def _reference() -> CrossEntropy:
+    from reference import cross_entropy
+
+    return cross_entropy
+
+
+def _compile() -> CrossEntropy:
+    """``torch.compile`` of the installed ``F.cross_entropy``.
+
+    The suite calls it with hundreds of distinct argument combinations; the cache
+    limit is raised so that each combination compiles instead of silently falling
+    back to eager once the default limit (8) is reached.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = 4096
+    torch._dynamo.config.accumulated_cache_size_limit = 1 << 16
+    return torch.compile(F.cross_entropy, fullgraph=True)
+
+
+def _patch() -> CrossEntropy:
+    """The patch series built out of tree against the installed torch."""
+    from patches.oot import patched_cross_entropy
+
+    return patched_cross_entropy
+
+
+_REGISTRY: Dict[str, Callable[[], CrossEntropy]] = {
+    "torch": _torch,
+    "reference": _reference,
+    "compile": _compile,
+    "patch": _patch,
+}
+
+
+def known_impls() -> tuple:
+    return tuple(sorted(_REGISTRY))
+
+
+@functools.lru_cache(maxsize=None)
+def get_impl(name: str) -> CrossEntropy:
+    """The callable registered as ``name``; unknown names list the known ones."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown implementation {name!r}; known implementations: {', '.join(known_impls())}"
+        ) from None
+    return factory()
