@@ -34,11 +34,13 @@ _PRECISION = ("stock rounds the half-precision log_softmax before reducing; the 
 
 DIVERGENCES: Tuple[Divergence, ...] = (
     # ---- stock torch 2.13 (the installed F.cross_entropy)
-    Divergence("torch", "forward:*:prob/*/*neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
+    Divergence("torch", "forward:*:prob/*/neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
+    Divergence("torch", "forward:*:prob/*/weight+neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
     Divergence("torch", "backward:*:index/*ignored_neginf_row", "CE-DIV-IGNORED-GRAD", _IGNORED_GRAD),
     Divergence("torch", "forward:float16:*/N,C=70000x8/mean/accumulate", "CE-DIV-PRECISION", _PRECISION),
     Divergence("torch", "forward:float16:index/N,C=16x1000/mean/smooth0.1+wide", "CE-DIV-PRECISION", _PRECISION),
-    Divergence("torch", "backward:bfloat16:prob/N,C=4x5/*/unnormalized", "CE-DIV-PRECISION", _PRECISION),
+    Divergence("torch", "backward:bfloat16:prob/N,C=4x5/none/unnormalized", "CE-DIV-PRECISION", _PRECISION),
+    Divergence("torch", "backward:bfloat16:prob/N,C=4x5/sum/unnormalized", "CE-DIV-PRECISION", _PRECISION),
     Divergence("torch", "backward:float16:prob/N,C,d1=3x5x4/none/unnormalized", "CE-DIV-PRECISION", _PRECISION),
 )
 
