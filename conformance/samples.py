@@ -154,7 +154,7 @@ def _prob_targets(spec: SampleSpec, gen: torch.Generator) -> torch.Tensor:
     return t
 
 
-def _apply_nonfinite(spec: SampleSpec, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _apply_nonfinite(spec: SampleSpec, x: torch.Tensor, target: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Place -inf / NaN logits where the case wants them."""
     cd = _class_dim(spec.shape)
     x = x.clone()
@@ -169,7 +169,7 @@ def _apply_nonfinite(spec: SampleSpec, x: torch.Tensor, target: torch.Tensor) ->
         hit = classes != target.unsqueeze(cd)
         keep = torch.zeros_like(hit)
         keep.select(cd, 0).fill_(True)
-        x = x.masked_fill(hit & (torch.rand(x.shape) < 0.5) & ~keep | (hit & (classes == x.shape[cd] - 1)), float("-inf"))
+        x = x.masked_fill(hit & (torch.rand(x.shape, generator=gen) < 0.5) & ~keep | (hit & (classes == x.shape[cd] - 1)), float("-inf"))
     elif spec.logits == "neginf_target":
         # -inf at the target class: +inf loss (CE-NONFINITE)
         if spec.kind == "index":
@@ -211,7 +211,7 @@ def _build(spec: SampleSpec, device: str, dtype: torch.dtype) -> SampleInput:
     else:
         x = _logits(spec, gen)
         target = _index_targets(spec, gen) if spec.kind == "index" else _prob_targets(spec, gen)
-        x = _apply_nonfinite(spec, x, target)
+        x = _apply_nonfinite(spec, x, target, gen)
         weight = torch.rand(spec.shape[cd], generator=gen, dtype=torch.float64) + 0.25 if spec.weight else None
         x = x.to(dtype)
         if spec.kind == "prob":

@@ -26,7 +26,7 @@ def _back(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def log_softmax_rows(z: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         m = z.max(axis=1, keepdims=True)
         m_safe = np.where(np.isfinite(m), m, 0.0)
         lse = m_safe + np.log(np.exp(z - m_safe).sum(axis=1, keepdims=True))
@@ -71,7 +71,8 @@ def gradients(x: np.ndarray, target: np.ndarray, weight: Optional[np.ndarray], i
     z, c = _rows(x)
     w = np.ones(c) if weight is None else weight
     logp = log_softmax_rows(z)
-    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(logp)
     n = z.shape[0]
     g = np.broadcast_to(grad_out.reshape(-1) if reduction == "none" else grad_out.reshape(()), (n,)).copy()
     if target.shape == x.shape:
@@ -87,7 +88,8 @@ def gradients(x: np.ndarray, target: np.ndarray, weight: Optional[np.ndarray], i
     keep = y != ignore_index
     y_safe = np.where(keep, y, 0)
     if reduction == "mean":
-        g = g / np.where(keep, w[y_safe], 0.0).sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = g / np.where(keep, w[y_safe], 0.0).sum()
     eps_ = eps if eps > 0 else 0.0
     one_hot = np.eye(c)[y_safe]
     coefficient = (1 - eps_) * w[y_safe] + eps_ / c * w.sum()

@@ -81,3 +81,11 @@ def test_cli_prints_what_it_graded_and_the_closing_line():
     assert re.fullmatch(r"\d+ passed, 0 failed", lines[-1]), lines[-1]
     assert f"implementation=reference torch={torch.__version__}" in child.stdout
     assert "device=cpu" in child.stdout
+
+
+def test_samples_are_the_same_every_time():
+    """Every implementation must be graded on identical numbers."""
+    for spec in all_samples():
+        first, second = spec.build("cpu", torch.float32), spec.build("cpu", torch.float32)
+        for a, b in ((first.input, second.input), (first.target, second.target)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
