@@ -82,6 +82,8 @@ def _error_inputs() -> Tuple[ErrorInput, ...]:
                    lambda d: ((_x(2, 3, 4, 5, device=d), torch.zeros(2, 4, 6, dtype=torch.long, device=d)), {})),
         ErrorInput("unbatched_target_size", "CE-ERR-1D-TARGET",
                    lambda d: ((_x(4, device=d), _long([2, 1], d)), {})),
+        ErrorInput("unbatched_vector_target_smoothing", "CE-INDEX-SHAPE",
+                   lambda d: ((_x(4, device=d), _long([2], d)), {"label_smoothing": 0.1})),
         ErrorInput("target_rank", "CE-ERR-TARGET-RANK",
                    lambda d: ((_x(3, 4, device=d), torch.zeros(3, 1, dtype=torch.long, device=d)), {})),
         ErrorInput("input_integer", "CE-ERR-INPUT-DTYPE",

@@ -92,6 +92,9 @@ def check_index_target(
         )
     if input.dim() <= 2:
         _check_nll_loss(input, target, weight)
+        if input.dim() == 1 and target.dim() == 1 and label_smoothing > 0:
+            # CE-INDEX-SHAPE: stock's smoothing term cannot broadcast a (1,) target's loss.
+            raise RuntimeError("output with shape [] doesn't match the broadcast shape [1]")
     else:
         _check_nll_loss2d(input, target, weight)
 

@@ -133,6 +133,9 @@ class TestErrors(expecttest.TestCase):
     def test_unbatched_target_size(self) -> None:  # CE-ERR-1D-TARGET
         self.assertExpectedRaisesInline(ValueError, self.call("unbatched_target_size"), """For 1D input, 1D target must have size 1, but got target size: 2""")
 
+    def test_unbatched_vector_target_smoothing(self) -> None:  # CE-INDEX-SHAPE
+        self.assertExpectedRaisesInline(RuntimeError, self.call("unbatched_vector_target_smoothing"), """output with shape [] doesn't match the broadcast shape [1]""")
+
     def test_target_rank(self) -> None:  # CE-ERR-TARGET-RANK
         self.assertExpectedRaisesInline(RuntimeError, self.call("target_rank"), """0D or 1D target tensor expected, multi-target not supported""")
 
