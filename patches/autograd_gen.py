@@ -1,0 +1,192 @@
+"""Autograd for the new ops, generated from the series' derivatives.yaml.
+
+In a PyTorch build, torchgen turns each derivatives.yaml entry into a C++
+autograd node.  Out of tree we load the patched derivatives.yaml with the
+wheel's torchgen and turn each entry of a new op into a
+``torch.autograd.Function`` whose ``backward`` and ``jvp`` evaluate the
+entry's formulas, which are plain calls of aten ops and so read as Python:
+``_fused_cross_entropy_backward(grad, self, ..., grad_input_mask)`` becomes
+``torch.ops.aten._fused_cross_entropy_backward(grad, self, ...)`` with the
+variables bound as torchgen binds them (``grad``, ``grads``,
+``grad_input_mask``, outputs by name or ``resultN``, ``<input>_t`` and
+``<input>_p`` for forward AD).  The Function is registered as the op's
+Autograd kernel, so C++ callers (the routing) get it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch._functorch.autograd_function import enable_single_level_autograd_function
+
+
+class FormulaError(Exception):
+    """A derivatives.yaml formula is not a plain call we can evaluate."""
+
+
+class _Scope(Mapping):
+    """Names visible to a formula: its variables, then aten ops by name."""
+
+    def __init__(self, variables: dict[str, Any]):
+        self.variables = variables
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.variables:
+            return self.variables[name]
+        if name.startswith("__"):
+            raise KeyError(name)
+        try:
+            return getattr(torch.ops.aten, name)
+        except (AttributeError, RuntimeError) as error:
+            raise KeyError(name) from error
+
+    def __iter__(self):
+        return iter(self.variables)
+
+    def __len__(self) -> int:
+        return len(self.variables)
+
+
+def _compile(formula: str, where: str):
+    try:
+        return compile(formula, f"<derivatives.yaml: {where}>", "eval")
+    except SyntaxError as error:
+        raise FormulaError(
+            f"{where}: formula '{formula}' is not a plain call that can be evaluated out of tree"
+        ) from error
+
+
+def _evaluate(code, variables: dict[str, Any]) -> Any:
+    return eval(code, {"__builtins__": {}}, _Scope(variables))
+
+
+def make_autograd_function(info) -> tuple[str, type[torch.autograd.Function]]:
+    """Build the autograd.Function for one DifferentiabilityInfo."""
+    schema = info.func.func
+    op_name = str(schema.name)
+    overload = schema.name.overload_name or "default"
+    op = getattr(getattr(torch.ops.aten, str(schema.name.name)), overload)
+    arguments = list(schema.arguments.flat_all)
+    argument_names = [a.name for a in arguments]
+    tensor_inputs = [a.name for a in arguments if a.type.is_tensor_like()]
+    return_names = [r.name or f"result{i}" for i, r in enumerate(schema.returns)]
+    output_differentiability = info.output_differentiability or [True] * len(schema.returns)
+    differentiable_outputs = [i for i, d in enumerate(output_differentiability) if d]
+    backward_formulas = [
+        (list(d.var_names), _compile(d.formula, f"{op_name} {', '.join(d.var_names)}"))
+        for d in info.derivatives
+    ]
+    forward_formulas = [
+        (list(d.var_names), _compile(d.formula, f"{op_name} {', '.join(d.var_names)} (forward)"))
+        for d in info.forward_derivatives
+    ]
+
+    def bind(ctx, tensors) -> dict[str, Any]:
+        variables = dict(ctx.scalars)
+        for name, value in zip(ctx.tensor_names, tensors):
+            variables[name] = value
+        for index, name in enumerate(return_names):
+            variables[f"result{index}"] = variables[name]
+        if len(return_names) == 1:
+            variables["result"] = variables[return_names[0]]
+        return variables
+
+    def forward(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    def setup_context(ctx, inputs, output):
+        outputs = output if isinstance(output, tuple) else (output,)
+        ctx.scalars = {}
+        names: list[str] = []
+        tensors: list[Any] = []
+        for name, value in zip(argument_names, inputs):
+            if name in tensor_inputs:
+                names.append(name)
+                tensors.append(value)
+            else:
+                ctx.scalars[name] = value
+        names += return_names
+        tensors += list(outputs)
+        ctx.tensor_names = names
+        ctx.save_for_backward(*tensors)
+        ctx.save_for_forward(*tensors)
+        ctx.set_materialize_grads(False)
+        non_differentiable = [outputs[i] for i, d in enumerate(output_differentiability) if not d]
+        if non_differentiable:
+            ctx.mark_non_differentiable(*non_differentiable)
+
+    def backward(ctx, *grads):
+        if all(grad is None for grad in grads):
+            return (None,) * len(argument_names)
+        variables = bind(ctx, ctx.saved_tensors)
+        variables["grads"] = list(grads)
+        if len(differentiable_outputs) == 1:
+            variables["grad"] = grads[differentiable_outputs[0]]
+        result: list[Any] = [None] * len(argument_names)
+        for var_names, code in backward_formulas:
+            mask = [bool(ctx.needs_input_grad[argument_names.index(n)]) for n in var_names]
+            if not any(mask):
+                continue
+            variables["grad_input_mask"] = mask
+            value = _evaluate(code, variables)
+            values = value if len(var_names) > 1 else (value,)
+            for name, wanted, grad in zip(var_names, mask, values):
+                if wanted:
+                    result[argument_names.index(name)] = grad
+        return tuple(result)
+
+    def jvp(ctx, *tangents):
+        saved = ctx.saved_tensors
+        variables = bind(ctx, saved)
+        for name, tangent in zip(argument_names, tangents):
+            if name not in tensor_inputs:
+                continue
+            primal = variables[name]
+            variables[f"{name}_p"] = primal
+            if primal is None:
+                variables[f"{name}_t"] = None
+            else:
+                variables[f"{name}_t"] = tangent if tangent is not None else torch.zeros_like(primal)
+        out: list[Any] = [None] * len(return_names)
+        for var_names, code in forward_formulas:
+            value = _evaluate(code, variables)
+            values = value if len(var_names) > 1 else (value,)
+            for name, tangent in zip(var_names, values):
+                index = return_names.index(name) if name in return_names else int(name[len("result"):] or 0)
+                out[index] = tangent
+        return tuple(out) if len(out) > 1 else out[0]
+
+    # Built with type() so that the node class autograd derives from the
+    # name reads "<op>_autogradBackward" in grad_fn.
+    generated = type(
+        f"{schema.name.name}_autograd",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+            "jvp": staticmethod(jvp),
+        },
+    )
+    return op_name, generated
+
+
+def register(library: torch.library.Library, infos: dict) -> list[str]:
+    """Register every generated Function as the Autograd kernel of its op."""
+    registered = []
+    for info in infos.values():
+        op_name, function = make_autograd_function(info)
+
+        def kernel(*args, _function=function):
+            # The dispatcher already went through functorch's layers to get
+            # here, so apply the Function at this level (autograd.Function's
+            # own functorch detour would dispatch the call a second time).
+            with enable_single_level_autograd_function():
+                return super(torch.autograd.Function, _function).apply(*args)
+
+        library.impl(op_name, kernel, "Autograd")
+        registered.append(op_name)
+    return registered

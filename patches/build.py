@@ -1,0 +1,216 @@
+"""Build the series' new C++ (and CUDA) files as a torch extension.
+
+Sources come only from the patch text (``series.new_files``) plus what
+``codegen`` generates, so there is no second copy of the kernels.  The CPU
+kernel file is compiled once per CPU capability, as ATen's build does
+(``CPU_CAPABILITY=DEFAULT`` and ``CPU_CAPABILITY=AVX2`` with ``-mavx2
+-mfma -mf16c``); without those macros ``at::vec::Vectorized`` is scalar.
+The AVX512 slot of each DispatchStub is registered empty, which is what
+``REGISTER_DISPATCH`` does for AVX512 in ATen, so AVX512 machines run the
+AVX2 copy.  ``*.cu`` files in the series are built too when torch has CUDA
+and nvcc is found.
+
+Everything lands in ``patches/.cache/build/<series hash>/``; a build whose
+series hash (BASE + series + patches) is unchanged is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from . import codegen, series
+
+EXTENSION_PREFIX = "fused_cross_entropy_oot"
+KERNEL_SUFFIX = "Kernel.cpp"
+# (capability, macros and flags) as in ATen's cmake/Codegen.cmake.
+CPU_CAPABILITIES = [
+    ("DEFAULT", ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]),
+    ("AVX2", ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]),
+]
+COMMON_DEFINES = ["-DHAVE_AVX2_CPU_DEFINITION", "-DHAVE_AVX512_CPU_DEFINITION", "-DAT_PER_OPERATOR_HEADERS"]
+
+
+class BuildError(Exception):
+    """The extension could not be built; the message carries the compiler output."""
+
+
+def build_dir() -> Path:
+    return series.CACHE_DIR / "build" / series.content_hash()
+
+
+def cuda_wanted() -> bool:
+    """Build the .cu files: torch was built with CUDA and nvcc is available."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if torch.version.cuda is None:
+        return False
+    home = cpp_extension.CUDA_HOME
+    return bool(home) and (Path(home) / "bin/nvcc").exists()
+
+
+def _is_kernel(path: str) -> bool:
+    return "/native/cpu/" in path and path.endswith(".cpp")
+
+
+def extract_sources(directory: Path) -> dict[str, Path]:
+    """Write the series' new files under directory/src; returns path -> file."""
+    written: dict[str, Path] = {}
+    for path, text in series.new_files().items():
+        target = directory / "src" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+        written[path] = target
+    return written
+
+
+def include_dirs(directory: Path) -> list[Path]:
+    # Generated headers first, then the series' own include root.
+    return [directory / "gen/include", directory / "src/aten/src"]
+
+
+def compile_flags_base() -> list[str]:
+    import torch
+
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return ["-O3", "-std=c++17", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Wno-unused-function"]
+
+
+def compile_capability_objects(directory: Path, kernels: list[Path], verbose: bool) -> list[Path]:
+    """Compile each CPU kernel file once per capability into objects."""
+    from torch.utils import cpp_extension
+
+    includes = [*include_dirs(directory), *map(Path, cpp_extension.include_paths())]
+    compiler = os.environ.get("CXX", "c++")
+    objects: list[Path] = []
+    jobs: list[tuple[Path, list[str]]] = []
+    for kernel in kernels:
+        for capability, flags in CPU_CAPABILITIES:
+            obj = directory / "obj" / f"{kernel.stem}.{capability}.o"
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            command = [
+                compiler, "-c", str(kernel), "-o", str(obj),
+                *compile_flags_base(), *COMMON_DEFINES, *flags,
+                *[f"-I{path}" for path in includes],
+                f"-I{sysconfig.get_paths()['include']}",
+            ]
+            objects.append(obj)
+            stamp = obj.with_suffix(".cmd")
+            key = " ".join(command) + hashlib.sha256(kernel.read_bytes()).hexdigest()
+            if obj.exists() and stamp.exists() and stamp.read_text() == key:
+                continue
+            jobs.append((obj, command))
+            stamp.write_text("")  # invalidated until the compile succeeds
+    running = [(obj, command, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+               for obj, command in jobs]
+    failures = []
+    for obj, command, process in running:
+        output, _ = process.communicate()
+        if verbose or process.returncode != 0:
+            print(" ".join(command), file=sys.stderr)
+            print(output, file=sys.stderr)
+        if process.returncode != 0:
+            failures.append(f"{obj.name}:\n{output}")
+        else:
+            key = " ".join(command) + hashlib.sha256(Path(command[2]).read_bytes()).hexdigest()
+            obj.with_suffix(".cmd").write_text(key)
+    if failures:
+        raise BuildError("compiling the CPU kernels failed:\n" + "\n".join(failures))
+    return objects
+
+
+def write_avx512_slots(directory: Path, stub_header: str, stub_names: list[str]) -> Path:
+    """Empty AVX512 DispatchStub slots (ATen's REGISTER_DISPATCH does the same)."""
+    lines = ["// Generated by patches/build.py: AVX512 falls back to the AVX2 kernels.",
+             f"#include <{stub_header}>", "namespace at::native {"]
+    lines += [f"REGISTER_AVX512_DISPATCH({name}, nullptr)" for name in stub_names]
+    lines += ["} // namespace at::native", ""]
+    path = directory / "gen/FusedCrossEntropyAvx512Slots.cpp"
+    text = "\n".join(lines)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def declared_stubs(sources: dict[str, Path]) -> tuple[str, list[str]]:
+    """The header declaring the DispatchStubs, and their names."""
+    import re
+
+    for path, file in sources.items():
+        if path.endswith(".h"):
+            names = re.findall(r"DECLARE_DISPATCH\(\s*[\w:]+\s*,\s*(\w+)\s*\)", file.read_text())
+            if names:
+                return path.split("aten/src/", 1)[1], names
+    raise BuildError("no DECLARE_DISPATCH in the series' headers")
+
+
+def build_extension(force: bool = False, verbose: bool = False) -> Path:
+    """Build (or reuse) the extension; returns the shared library path.
+
+    Serialised with a file lock: test runners may start several processes
+    that all want the extension at once.
+    """
+    import fcntl
+
+    lock_path = series.CACHE_DIR / "build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_locked(force, verbose)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(force: bool, verbose: bool) -> Path:
+    from torch.utils import cpp_extension
+
+    directory = build_dir()
+    library = directory / "ext" / f"{EXTENSION_PREFIX}.so"
+    if library.exists() and not force:
+        return library
+    if force and directory.exists():
+        shutil.rmtree(directory)
+    for stale in directory.parent.glob("*"):
+        # Builds of earlier versions of the series are never used again.
+        if stale.is_dir() and stale != directory:
+            shutil.rmtree(stale, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = extract_sources(directory)
+    with_cuda = cuda_wanted()
+    backends = {"CPU"} | ({"CUDA"} if with_cuda else set())
+    generated = codegen.generate(directory / "gen", backends)
+    kernels = [file for path, file in sources.items() if _is_kernel(path)]
+    main_sources = [file for path, file in sources.items() if path.endswith(".cpp") and not _is_kernel(path)]
+    cuda_sources = [file for path, file in sources.items() if path.endswith(".cu")] if with_cuda else []
+    stub_header, stub_names = declared_stubs(sources)
+    main_sources.append(write_avx512_slots(directory, stub_header, stub_names))
+    objects = compile_capability_objects(directory, kernels, verbose)
+    ext_dir = directory / "ext"
+    ext_dir.mkdir(parents=True, exist_ok=True)
+    cflags = [*compile_flags_base()[:1], *COMMON_DEFINES]
+    try:
+        cpp_extension.load(
+            name=EXTENSION_PREFIX,
+            sources=[str(p) for p in [*main_sources, *generated, *cuda_sources]],
+            extra_cflags=cflags,
+            extra_cuda_cflags=[*COMMON_DEFINES],
+            extra_include_paths=[str(p) for p in include_dirs(directory)],
+            extra_ldflags=[str(obj) for obj in objects],
+            build_directory=str(ext_dir),
+            with_cuda=bool(cuda_sources),
+            is_python_module=False,
+            verbose=verbose,
+        )
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        raise BuildError(f"building the extension failed: {error}") from error
+    if not library.exists():
+        raise BuildError(f"the build produced no {library}")
+    return library

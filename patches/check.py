@@ -1,0 +1,145 @@
+"""Static checks of the series (``python -m patches check``).
+
+Each check prints one PASS/FAIL line with the reason, so a CI log says which
+property of the series broke:
+
+1. BASE and series are well formed and every patch is format-patch output
+   (From/Date/Subject headers, at least one diff).
+2. The series is valid ``git am`` input: it applies, in order, to a workspace
+   holding the base copies of the touched files.
+3. Hunks on files shipped in the torch wheel (``native_functions.yaml`` and
+   ``derivatives.yaml`` under ``torchgen/packaged``, ``torch/*.py``) apply
+   cleanly to the installed wheel's copies (``git apply --check``).
+4. torchgen parses the patched ``native_functions.yaml`` and loads the
+   patched ``derivatives.yaml``, and every new op with a CPU kernel has a
+   derivatives entry.
+5. Every formula of the new derivatives entries is a plain call that the
+   out-of-tree autograd can evaluate.
+6. The series' new C++ files compile and link as the out-of-tree extension.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from . import codegen, series, workspace
+
+_HEADER_LINES = (re.compile(r"^From [0-9a-f]{40} "), re.compile(r"^From: .+ <.+>$"),
+                 re.compile(r"^Date: .+"), re.compile(r"^Subject: \[PATCH.*\] .+"))
+
+
+def check_format() -> str:
+    base = series.base_commit()
+    files = series.series_files()
+    if not files:
+        raise AssertionError("patches/series lists no patch")
+    for path in files:
+        lines = path.read_text().splitlines()
+        for pattern in _HEADER_LINES:
+            if not any(pattern.match(line) for line in lines[:12]):
+                raise AssertionError(f"{path.name}: missing format-patch header matching {pattern.pattern!r}")
+        diffs = series.parse_patch(path)
+        if not diffs:
+            raise AssertionError(f"{path.name}: contains no diff")
+        message = "\n".join(lines[: lines.index(next(l for l in lines if l.startswith("diff --git ")))])
+        if len(message.split("\n\n", 1)[-1].strip()) < 80:
+            raise AssertionError(f"{path.name}: the commit message does not explain the change")
+    return f"{len(files)} patches against {base[:12]}"
+
+
+def check_git_am() -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        missing = workspace.make_workspace(Path(tmp) / "ws")
+        count = workspace.git(Path(tmp) / "ws", "rev-list", "--count", "series-base..HEAD").stdout.strip()
+    note = ""
+    if missing:
+        note = (f"; hunks on {', '.join(missing)} not checked: no base copy "
+                "(put upstream's file under patches/.cache/base/ or use `workspace --upstream`)")
+    return f"git am applied {count} commits{note}"
+
+
+def check_wheel_hunks() -> str:
+    checked = []
+    for path in series.touched_paths():
+        source = workspace.wheel_source(path)
+        if source is None:
+            continue
+        if not source.exists():
+            raise AssertionError(f"the installed wheel has no {source}")
+        with tempfile.TemporaryDirectory() as tmp:
+            repo = Path(tmp)
+            (repo / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, repo / path)
+            subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+            for patch in series.series_files():
+                if not any(d.path == path for d in series.parse_patch(patch)):
+                    continue
+                result = subprocess.run(
+                    ["git", "apply", "--include", path, str(patch)],
+                    cwd=repo, capture_output=True, text=True,
+                )
+                if result.returncode != 0:
+                    raise AssertionError(f"{patch.name} does not apply to the wheel's {source}:\n{result.stderr}")
+        checked.append(path)
+    return "applies to the wheel's " + ", ".join(checked)
+
+
+def check_torchgen() -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        parsed = codegen.parse_patched_native_yaml(Path(tmp))
+    if not parsed.new_names:
+        raise AssertionError("the series adds no function to native_functions.yaml")
+    infos = codegen.derivative_infos()
+    lacking = [name for name in parsed.new_names
+               if name not in infos and "CPU" in codegen.kernel_keys(parsed, codegen.native_function(parsed, name))]
+    if lacking:
+        raise AssertionError(f"ops with kernels but no derivatives.yaml entry: {', '.join(lacking)}")
+    return f"new ops {', '.join(parsed.new_names)}; derivatives for {', '.join(sorted(infos))}"
+
+
+def check_formulas() -> str:
+    from . import autograd_gen
+
+    count = 0
+    for name, info in codegen.derivative_infos().items():
+        for derivative in [*info.derivatives, *info.forward_derivatives]:
+            autograd_gen._compile(derivative.formula, name)
+            count += 1
+    return f"{count} formulas are plain calls"
+
+
+def check_build() -> str:
+    from . import build
+
+    library = build.build_extension()
+    return f"built {library.relative_to(series.PATCHES_DIR.parent)}"
+
+
+def run_checks(build: bool = True) -> int:
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("series format", check_format),
+        ("git am", check_git_am),
+        ("wheel hunks", check_wheel_hunks),
+        ("torchgen", check_torchgen),
+        ("formulas", check_formulas),
+    ]
+    if build:
+        checks.append(("compile", check_build))
+    failed = 0
+    for name, check in checks:
+        try:
+            detail = check()
+            print(f"PASS {name}: {detail}")
+        except Exception as error:  # report every check, then fail
+            failed += 1
+            print(f"FAIL {name}: {error}")
+            if not isinstance(error, (AssertionError, series.SeriesError)):
+                traceback.print_exc()
+    print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return 1 if failed else 0

@@ -1,0 +1,224 @@
+"""Read the patch series: its files, and the text each patch adds.
+
+The out-of-tree build and the static checks both need what the series adds
+(new C++ files, new yaml entries, new Python lines) without a PyTorch
+checkout.  A unified diff carries that text in its ``+`` lines, so this module
+parses the series into per-file hunks and reassembles new files and added
+blocks from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+
+PATCHES_DIR = Path(__file__).resolve().parent
+CACHE_DIR = PATCHES_DIR / ".cache"
+
+_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+class SeriesError(Exception):
+    """The series (BASE, series file or a patch) is malformed."""
+
+
+@dataclasses.dataclass
+class Hunk:
+    """One ``@@`` hunk: its header numbers and body lines (with their prefix)."""
+
+    old_start: int
+    new_start: int
+    lines: list[str]
+
+    def added_blocks(self) -> list[str]:
+        """Runs of consecutive ``+`` lines, each joined into one text block."""
+        blocks: list[str] = []
+        current: list[str] = []
+        for line in self.lines:
+            if line.startswith("+"):
+                current.append(line[1:])
+            elif current:
+                blocks.append("\n".join(current) + "\n")
+                current = []
+        if current:
+            blocks.append("\n".join(current) + "\n")
+        return blocks
+
+
+@dataclasses.dataclass
+class FileDiff:
+    """The diff of one file inside one patch."""
+
+    patch: str
+    path: str
+    is_new: bool
+    hunks: list[Hunk]
+
+    def new_text(self) -> str:
+        """Full text of a file the diff creates."""
+        if not self.is_new:
+            raise SeriesError(f"{self.patch}: {self.path} is not a new file")
+        lines = [line[1:] for hunk in self.hunks for line in hunk.lines if line.startswith("+")]
+        return "\n".join(lines) + "\n" if lines else ""
+
+    def added_blocks(self) -> list[str]:
+        return [block for hunk in self.hunks for block in hunk.added_blocks()]
+
+
+def base_commit() -> str:
+    """The upstream commit the series applies to (``patches/BASE``)."""
+    text = (PATCHES_DIR / "BASE").read_text().split()
+    if len(text) != 1 or not re.fullmatch(r"[0-9a-f]{40}", text[0]):
+        raise SeriesError("patches/BASE must hold exactly one 40-hex commit id")
+    return text[0]
+
+
+def series_files() -> list[Path]:
+    """The patch files, in the order of ``patches/series``."""
+    series = PATCHES_DIR / "series"
+    if not series.exists():
+        raise SeriesError("patches/series is missing")
+    names = [
+        line.strip()
+        for line in series.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    paths = [PATCHES_DIR / name for name in names]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise SeriesError(f"patches/series lists missing files: {', '.join(missing)}")
+    unlisted = sorted(
+        p.name for p in PATCHES_DIR.glob("*.patch") if p.name not in set(names)
+    )
+    if unlisted:
+        raise SeriesError(f"patch files not listed in patches/series: {', '.join(unlisted)}")
+    return paths
+
+
+def _strip_email_footer(lines: list[str]) -> list[str]:
+    """Drop the ``-- `` signature that format-patch appends after the diff."""
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index] == "-- ":
+            return lines[:index]
+    return lines
+
+
+def parse_patch(path: Path) -> list[FileDiff]:
+    """Split one format-patch file into per-file diffs."""
+    lines = _strip_email_footer(path.read_text().split("\n"))
+    diffs: list[FileDiff] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if not line.startswith("diff --git "):
+            index += 1
+            continue
+        match = re.match(r"^diff --git a/(\S+) b/(\S+)$", line)
+        if not match:
+            raise SeriesError(f"{path.name}: cannot read '{line}'")
+        file_path = match.group(2)
+        is_new = False
+        index += 1
+        while index < len(lines) and not lines[index].startswith("@@"):
+            if lines[index].startswith("new file mode"):
+                is_new = True
+            if lines[index].startswith("diff --git "):
+                break
+            index += 1
+        hunks: list[Hunk] = []
+        while index < len(lines) and lines[index].startswith("@@"):
+            header = _HUNK_HEADER.match(lines[index])
+            if not header:
+                raise SeriesError(f"{path.name}: bad hunk header '{lines[index]}'")
+            old_len = int(header.group(2) or 1)
+            new_len = int(header.group(4) or 1)
+            body: list[str] = []
+            index += 1
+            seen_old = seen_new = 0
+            while index < len(lines) and (seen_old < old_len or seen_new < new_len):
+                body_line = lines[index]
+                if body_line.startswith("\\"):
+                    index += 1
+                    continue
+                tag = body_line[:1]
+                if tag == " " or body_line == "":
+                    seen_old += 1
+                    seen_new += 1
+                elif tag == "-":
+                    seen_old += 1
+                elif tag == "+":
+                    seen_new += 1
+                else:
+                    raise SeriesError(f"{path.name}: unexpected line in hunk of {file_path}: '{body_line}'")
+                body.append(body_line if body_line else " ")
+                index += 1
+            if seen_old != old_len or seen_new != new_len:
+                raise SeriesError(f"{path.name}: truncated hunk in {file_path}")
+            while index < len(lines) and lines[index].startswith("\\"):
+                index += 1
+            hunks.append(Hunk(int(header.group(1)), int(header.group(3)), body))
+        diffs.append(FileDiff(path.name, file_path, is_new, hunks))
+    return diffs
+
+
+def all_diffs() -> list[FileDiff]:
+    """Every file diff of the series, in series order."""
+    return [diff for path in series_files() for diff in parse_patch(path)]
+
+
+def apply_hunks(text: str, diff: FileDiff) -> str:
+    """Apply a diff's hunks to text in memory (exact context match, any offset)."""
+    lines = text.split("\n")
+    offset = 0
+    for hunk in diff.hunks:
+        old = [line[1:] for line in hunk.lines if line[:1] in (" ", "-")]
+        new = [line[1:] for line in hunk.lines if line[:1] in (" ", "+")]
+        start = hunk.old_start - 1 + offset if old else hunk.old_start + offset
+        candidates = sorted(range(len(lines) - len(old) + 1), key=lambda i: abs(i - start))
+        for candidate in candidates:
+            if lines[candidate : candidate + len(old)] == old:
+                lines[candidate : candidate + len(old)] = new
+                offset += len(new) - len(old)
+                break
+        else:
+            raise SeriesError(f"{diff.patch}: hunk at line {hunk.old_start} of {diff.path} does not apply")
+    return "\n".join(lines)
+
+
+def new_files() -> dict[str, str]:
+    """Files the series creates, with any later patch's edits: path -> text."""
+    result: dict[str, str] = {}
+    for diff in all_diffs():
+        if diff.is_new:
+            result[diff.path] = diff.new_text()
+        elif diff.path in result:
+            result[diff.path] = apply_hunks(result[diff.path], diff)
+    return result
+
+
+def added_blocks(path: str) -> list[str]:
+    """Blocks of lines the series adds to an existing upstream file."""
+    return [block for diff in all_diffs() if diff.path == path and not diff.is_new for block in diff.added_blocks()]
+
+
+def touched_paths() -> list[str]:
+    """Upstream files the series modifies (not creates), in first-touch order."""
+    diffs = all_diffs()
+    created = {diff.path for diff in diffs if diff.is_new}
+    seen: list[str] = []
+    for diff in diffs:
+        if not diff.is_new and diff.path not in created and diff.path not in seen:
+            seen.append(diff.path)
+    return seen
+
+
+def content_hash() -> str:
+    """Hash of BASE, series and every patch: the out-of-tree build cache key."""
+    digest = hashlib.sha256()
+    digest.update(base_commit().encode())
+    for path in series_files():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
