@@ -56,6 +56,23 @@ _REGISTRY: Dict[str, Callable[[], CrossEntropy]] = {
 }
 
 
+def installed_torch_has_the_series() -> bool:
+    """Whether the installed torch is a build with the series applied.
+
+    In-tree, codegen binds ``torch._C._nn._fused_cross_entropy``; the out-of-tree
+    extension registers the aten op but creates no such binding, so this stays
+    False for the stock wheel even after ``patches.oot`` is loaded.
+    """
+    return hasattr(torch._C._nn, "_fused_cross_entropy")
+
+
+def divergence_profile(name: str) -> str:
+    """Whose declared divergences apply: a patched fork's ``torch`` behaves like ``patch``."""
+    if name in ("torch", "compile") and installed_torch_has_the_series():
+        return "patch"
+    return name
+
+
 def known_impls() -> tuple:
     return tuple(sorted(_REGISTRY))
 

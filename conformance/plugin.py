@@ -18,7 +18,7 @@ import torch
 
 from conformance import divergences
 from conformance.cases import Case
-from conformance.impls import get_impl, known_impls
+from conformance.impls import divergence_profile, get_impl, known_impls
 
 
 @dataclasses.dataclass
@@ -58,7 +58,9 @@ def describe_run() -> str:
         device += f" ({torch.cuda.get_device_name()})"
     elif device == "cuda":
         device += " (not available)"
-    return (f"conformance: implementation={STATE.impl} torch={torch.__version__} "
+    profile = divergence_profile(STATE.impl)
+    declared = "" if profile == STATE.impl else f" (declared divergences of {profile!r})"
+    return (f"conformance: implementation={STATE.impl}{declared} torch={torch.__version__} "
             f"(git {torch.version.git_version[:12]}) device={device}")
 
 
@@ -74,13 +76,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             item.add_marker(pytest.mark.skip(reason="--device cuda: torch.cuda.is_available() is False"))
             continue
         case = _case_of(item)
-        entry = divergences.find(STATE.impl, case.conformance_id)
+        entry = divergences.find(divergence_profile(STATE.impl), case.conformance_id)
         if entry is not None:
             used.add(entry)
             STATE.declared_nodes.add(item.nodeid)
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"{entry.rule}: {entry.reason}"))
     families = {_case_of(item).family for item in items}
-    STATE.stale = [d for d in divergences.for_impl(STATE.impl)
+    STATE.stale = [d for d in divergences.for_impl(divergence_profile(STATE.impl))
                    if d not in used and d.pattern.split(":", 1)[0] in families]
 
 
