@@ -32,6 +32,41 @@ _IGNORED_GRAD = ("stock runs log_softmax over ignored positions too; a non-finit
 _PRECISION = ("stock rounds the half-precision log_softmax before reducing; the error exceeds the "
               "two-ulp bound (or the float16 sum overflows, upstream 85791 / 61523)")
 
+_COMPILE_ERRORS = ("torch.compile reports a bad argument as torch._dynamo.exc.TorchRuntimeError carrying "
+                   "Dynamo's explanation (some from its decompositions, e.g. gather's dtype check), and an "
+                   "out-of-range class index as Inductor's 'index out of bounds' RuntimeError or not at all; "
+                   "stock's exception type and message are not kept")
+
+# One line per error input, so that a fix shows up as an XPASS for exactly that input.
+_COMPILE_ERROR_INPUTS = (
+    ("reduction_invalid", "CE-ERR-REDUCTION"),
+    ("index_target_int32", "CE-ERR-INDEX-DTYPE"),
+    ("index_target_float_vector", "CE-ERR-INDEX-DTYPE"),
+    ("index_target_uint8_kdim", "CE-ERR-INDEX-DTYPE"),
+    ("prob_target_long", "CE-ERR-PROB-DTYPE"),
+    ("prob_target_bool", "CE-ERR-PROB-DTYPE"),
+    ("prob_ignore_index", "CE-ERR-PROB-IGNORE"),
+    ("index_out_of_range", "CE-ERR-RANGE"),
+    ("index_negative_out_of_range", "CE-ERR-RANGE"),
+    ("index_out_of_range_smoothing", "CE-ERR-RANGE"),
+    ("index_out_of_range_kdim", "CE-ERR-RANGE"),
+    ("smoothing_above_one_index", "CE-ERR-SMOOTHING"),
+    ("smoothing_above_one_prob", "CE-ERR-SMOOTHING"),
+    ("weight_shape_index", "CE-ERR-WEIGHT-SHAPE"),
+    ("weight_matrix_index", "CE-ERR-WEIGHT-SHAPE"),
+    ("weight_shape_prob", "CE-ERR-WEIGHT-SHAPE"),
+    ("weight_shape_kdim", "CE-ERR-WEIGHT-SHAPE"),
+    ("weight_dtype_index", "CE-ERR-WEIGHT-DTYPE"),
+    ("batch_mismatch", "CE-ERR-BATCH"),
+    ("kdim_target_shape", "CE-ERR-KDIM-SHAPE"),
+    ("kdim_target_shape_4d", "CE-ERR-KDIM-SHAPE"),
+    ("unbatched_target_size", "CE-ERR-1D-TARGET"),
+    ("unbatched_vector_target_smoothing", "CE-INDEX-SHAPE"),
+    ("target_rank", "CE-ERR-TARGET-RANK"),
+    ("input_integer", "CE-ERR-INPUT-DTYPE"),
+    ("input_0d", "CE-ERR-0D"),
+)
+
 DIVERGENCES: Tuple[Divergence, ...] = (
     # ---- stock torch 2.13 (the installed F.cross_entropy)
     Divergence("torch", "forward:*:prob/*/neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
@@ -42,6 +77,12 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     Divergence("torch", "backward:bfloat16:prob/N,C=4x5/none/unnormalized", "CE-DIV-PRECISION", _PRECISION),
     Divergence("torch", "backward:bfloat16:prob/N,C=4x5/sum/unnormalized", "CE-DIV-PRECISION", _PRECISION),
     Divergence("torch", "backward:float16:prob/N,C,d1=3x5x4/none/unnormalized", "CE-DIV-PRECISION", _PRECISION),
+    # ---- torch.compile of stock F.cross_entropy (observed in float32 forward/backward; Inductor
+    # compiles stock's composite, so it inherits stock's artefacts)
+    Divergence("compile", "forward:float32:prob/*/neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
+    Divergence("compile", "forward:float32:prob/*/weight+neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
+    Divergence("compile", "backward:float32:index/*ignored_neginf_row", "CE-DIV-IGNORED-GRAD", _IGNORED_GRAD),
+    *(Divergence("compile", f"errors:any:{name}", rule, _COMPILE_ERRORS) for name, rule in _COMPILE_ERROR_INPUTS),
 )
 
 
