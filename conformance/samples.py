@@ -183,7 +183,7 @@ def _apply_nonfinite(spec: SampleSpec, x: torch.Tensor, target: torch.Tensor, ge
     return x
 
 
-def _relayout(t: torch.Tensor, layout: str, class_dim: Optional[int]) -> torch.Tensor:
+def _relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """Same values, other strides (CE-LAYOUT)."""
     if layout == "noncontiguous":
         big = torch.zeros(*t.shape[:-1], t.shape[-1] * 2, dtype=t.dtype, device=t.device) if t.dim() else t.clone()
@@ -217,8 +217,8 @@ def _build(spec: SampleSpec, device: str, dtype: torch.dtype) -> SampleInput:
         if spec.kind == "prob":
             target = target.to(dtype)
         weight = weight.to(dtype) if weight is not None else None
-    x = _relayout(x.to(device), spec.layout, cd)
-    target = _relayout(target.to(device), spec.layout, None)
+    x = _relayout(x.to(device), spec.layout)
+    target = _relayout(target.to(device), spec.layout)
     weight = weight.to(device) if weight is not None else None
     return SampleInput(spec, x, target, weight)
 

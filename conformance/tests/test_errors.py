@@ -11,7 +11,6 @@ import sys
 import textwrap
 
 import expecttest
-import torch
 
 from conformance.errors import ERROR_INPUTS
 from conformance.impls import get_impl

@@ -1,6 +1,5 @@
 """Consistency properties an implementation must have on its own, whatever the reference says."""
 
-import dataclasses
 from unittest import mock
 
 import pytest
