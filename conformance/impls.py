@@ -66,6 +66,15 @@ def installed_torch_has_the_series() -> bool:
     return hasattr(torch._C._nn, "_fused_cross_entropy")
 
 
+def registers_aten_ops(name: str) -> bool:
+    """Whether grading ``name`` exercises new aten operators that can be called directly.
+
+    Only the series adds operators (``aten::_fused_cross_entropy`` and its helpers): the
+    out-of-tree ``patch``, or ``torch``/``compile`` on a fork that carries the series.
+    """
+    return divergence_profile(name) == "patch"
+
+
 def divergence_profile(name: str) -> str:
     """Whose declared divergences apply: a patched fork's ``torch`` behaves like ``patch``."""
     if name in ("torch", "compile") and installed_torch_has_the_series():
