@@ -42,9 +42,14 @@ def _compile() -> CrossEntropy:
 
 
 def _patch() -> CrossEntropy:
-    """The patch series built out of tree against the installed torch."""
-    from patches.oot import patched_cross_entropy
+    """The patch series built out of tree against the installed torch.
 
+    The extension is built (or taken from the cache) and loaded here, not at the first
+    call, so that a build that cannot work fails once, where the implementation is chosen.
+    """
+    from patches.oot import load, patched_cross_entropy
+
+    load()
     return patched_cross_entropy
 
 

@@ -52,6 +52,18 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"unknown implementation {STATE.impl!r}; known: {', '.join(known_impls())}")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Make the implementation once, before any test: if it cannot be made, say why once and stop.
+
+    Otherwise every test would repeat the same error through the session-scoped fixture.
+    """
+    try:
+        get_impl(STATE.impl)
+    except Exception as error:  # noqa: BLE001 - any failure to make it ends the run the same way
+        pytest.exit(f"conformance: implementation {STATE.impl!r} is unavailable: "
+                    f"{type(error).__name__}: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 def describe_run() -> str:
     device = STATE.device
     if device == "cuda" and torch.cuda.is_available():
