@@ -11,19 +11,60 @@ variables bound as torchgen binds them (``grad``, ``grads``,
 ``grad_input_mask``, outputs by name or ``resultN``, ``<input>_t`` and
 ``<input>_p`` for forward AD).  The Function is registered as the op's
 Autograd kernel, so C++ callers (the routing) get it too.
+
+Where torchgen's generated code raises, so does this: an op without a
+forward-AD formula raises torchgen's ``NotImplementedError`` ("Trying to use
+forward AD with <op> that does not support it because it has not been
+implemented yet. ...") as soon as a differentiable input carries a tangent,
+instead of returning no tangent (which forward-over-reverse would read as a
+zero derivative); and an input with no formula that requires grad raises
+``check_no_requires_grad``'s ``RuntimeError``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch._functorch.autograd_function import enable_single_level_autograd_function
+from torch.autograd.forward_ad import _set_fwd_grad_enabled
+
+
+class _CallerModes(threading.local):
+    """(grad mode, forward grad mode) at each active kernel call, innermost last."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[bool, bool]] = []
+
+
+_CALLER_MODES = _CallerModes()
 
 
 class FormulaError(Exception):
     """A derivatives.yaml formula is not a plain call we can evaluate."""
+
+
+# torchgen's FW_DERIVATIVE_FORBID_TEMPLATE with emit_forbid_fw_derivatives()'s
+# message (torchgen/packaged/autograd/gen_variable_type.py).
+FORWARD_AD_NOT_IMPLEMENTED = (
+    "Trying to use forward AD with {name} that does not support it because it has not been "
+    "implemented yet.\nPlease file an issue to PyTorch at "
+    "https://github.com/pytorch/pytorch/issues/new?template=feature-request.yml "
+    "so that we can prioritize its implementation."
+)
+# check_no_requires_grad (torch/csrc/autograd/VariableTypeUtils.h).
+NO_REQUIRES_GRAD = (
+    "The function '{name}' is not differentiable with respect to argument '{arg}'. "
+    "This input cannot have requires_grad True."
+)
+
+
+def not_implemented(name: str, reason: str = "") -> None:
+    """derivatives.yaml's ``not_implemented(...)`` (FunctionsManual.cpp)."""
+    message = f"the derivative for '{name}' is not implemented."
+    raise NotImplementedError(f"{message} {reason}" if reason else message)
 
 
 class _Scope(Mapping):
@@ -35,6 +76,8 @@ class _Scope(Mapping):
     def __getitem__(self, name: str) -> Any:
         if name in self.variables:
             return self.variables[name]
+        if name == "not_implemented":
+            return not_implemented
         if name.startswith("__"):
             raise KeyError(name)
         try:
@@ -71,6 +114,11 @@ def make_autograd_function(info) -> tuple[str, type[torch.autograd.Function]]:
     arguments = list(schema.arguments.flat_all)
     argument_names = [a.name for a in arguments]
     tensor_inputs = [a.name for a in arguments if a.type.is_tensor_like()]
+    # torchgen's differentiable inputs: tensors not declared non_differentiable.
+    differentiable_inputs = [n for n in tensor_inputs if n not in info.non_differentiable_arg_names]
+    with_formula = {n for d in info.derivatives for n in d.var_names}
+    # Inputs torchgen guards with check_no_requires_grad ("output" is exempt there).
+    without_formula = [n for n in differentiable_inputs if n not in with_formula and n != "output"]
     return_names = [r.name or f"result{i}" for i, r in enumerate(schema.returns)]
     output_differentiability = info.output_differentiability or [True] * len(schema.returns)
     differentiable_outputs = [i for i, d in enumerate(output_differentiability) if d]
@@ -94,7 +142,17 @@ def make_autograd_function(info) -> tuple[str, type[torch.autograd.Function]]:
         return variables
 
     def forward(*args):
-        with torch._C._AutoDispatchBelowAutograd():
+        # Function.apply turned grad and forward grad off for forward(); a
+        # C++ VariableType kernel does not, and under functorch the call
+        # below re-enters the dispatcher for the next transform level (a
+        # jvp level under a grad level), which needs the modes the caller
+        # had or its tangents are silently dropped.
+        if _CALLER_MODES.stack:
+            grad_mode, fwd_grad_mode = _CALLER_MODES.stack[-1]
+        else:  # applied other than through the registered kernel
+            grad_mode, fwd_grad_mode = torch.is_grad_enabled(), torch._C._is_fwd_grad_enabled()
+        with torch.autograd.grad_mode.set_grad_enabled(grad_mode), _set_fwd_grad_enabled(fwd_grad_mode), \
+                torch._C._AutoDispatchBelowAutograd():
             return op(*args)
 
     def setup_context(ctx, inputs, output):
@@ -139,6 +197,23 @@ def make_autograd_function(info) -> tuple[str, type[torch.autograd.Function]]:
         return tuple(result)
 
     def jvp(ctx, *tangents):
+        has_tangent = {
+            name for name, tangent in zip(argument_names, tangents)
+            if name in differentiable_inputs and tangent is not None
+        }
+        if not forward_formulas:
+            if has_tangent:
+                raise NotImplementedError(FORWARD_AD_NOT_IMPLEMENTED.format(name=op_name))
+            # Only non-differentiable inputs carry tangents: torchgen sets no
+            # tangent; a Function must return one, so it is zero (see below).
+            outputs = bind(ctx, ctx.saved_tensors)
+            zeros = [
+                torch.zeros_like(outputs[name])
+                if differentiable and isinstance(outputs[name], torch.Tensor)
+                and (outputs[name].is_floating_point() or outputs[name].is_complex()) else None
+                for name, differentiable in zip(return_names, output_differentiability)
+            ]
+            return tuple(zeros) if len(zeros) > 1 else zeros[0]
         saved = ctx.saved_tensors
         variables = bind(ctx, saved)
         for name, tangent in zip(argument_names, tangents):
@@ -152,6 +227,10 @@ def make_autograd_function(info) -> tuple[str, type[torch.autograd.Function]]:
                 variables[f"{name}_t"] = tangent if tangent is not None else torch.zeros_like(primal)
         out: list[Any] = [None] * len(return_names)
         for var_names, code in forward_formulas:
+            # torchgen skips a formula none of whose tangents is defined and
+            # leaves the output without one; a Function's jvp must return a
+            # tangent for every differentiable output (None trips an internal
+            # assert in set_fw_grad), so the formula runs on zero tangents.
             value = _evaluate(code, variables)
             values = value if len(var_names) > 1 else (value,)
             for name, tangent in zip(var_names, values):
@@ -171,7 +250,25 @@ def make_autograd_function(info) -> tuple[str, type[torch.autograd.Function]]:
             "jvp": staticmethod(jvp),
         },
     )
+    generated.without_formula = [argument_names.index(n) for n in without_formula]
+    generated.with_formula = [argument_names.index(n) for n in with_formula if n in argument_names]
+    generated.argument_names = argument_names
     return op_name, generated
+
+
+def _check_no_requires_grad(op_name: str, function, args: tuple) -> None:
+    """torchgen's check: with grad mode on and a differentiable input requiring
+    grad, an input without a formula must not require grad."""
+    if not torch.is_grad_enabled():
+        return
+    def requires(value) -> bool:
+        return isinstance(value, torch.Tensor) and value.requires_grad
+    if not any(requires(args[i]) for i in function.with_formula if i < len(args)):
+        return
+    for index in function.without_formula:
+        if index < len(args) and requires(args[index]):
+            name = function.argument_names[index]
+            raise RuntimeError(NO_REQUIRES_GRAD.format(name=op_name, arg=name))
 
 
 def register(library: torch.library.Library, infos: dict) -> list[str]:
@@ -180,12 +277,17 @@ def register(library: torch.library.Library, infos: dict) -> list[str]:
     for info in infos.values():
         op_name, function = make_autograd_function(info)
 
-        def kernel(*args, _function=function):
+        def kernel(*args, _function=function, _name=op_name):
+            _check_no_requires_grad(_name, _function, args)
             # The dispatcher already went through functorch's layers to get
             # here, so apply the Function at this level (autograd.Function's
             # own functorch detour would dispatch the call a second time).
-            with enable_single_level_autograd_function():
-                return super(torch.autograd.Function, _function).apply(*args)
+            _CALLER_MODES.stack.append((torch.is_grad_enabled(), torch._C._is_fwd_grad_enabled()))
+            try:
+                with enable_single_level_autograd_function():
+                    return super(torch.autograd.Function, _function).apply(*args)
+            finally:
+                _CALLER_MODES.stack.pop()
 
         library.impl(op_name, kernel, "Autograd")
         registered.append(op_name)

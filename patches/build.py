@@ -10,13 +10,25 @@ The AVX512 slot of each DispatchStub is registered empty, which is what
 AVX2 copy.  ``*.cu`` files in the series are built too when torch has CUDA
 and nvcc is found.
 
-Everything lands in ``patches/.cache/build/<series hash>/``; a build whose
-series hash (BASE + series + patches) is unchanged is reused.
+ATen's CPU code is compiled with ``-fopenmp`` and linked against the OpenMP
+runtime the wheel ships (``torch/lib/libgomp.so.1``), and ``at::parallel_for``
+is inlined into the kernel translation units, so the kernels and the
+extension are compiled with OpenMP too and linked against the very runtime
+file libtorch_cpu has loaded: without the flag ``#pragma omp parallel`` is
+ignored and every kernel runs on one thread, and a second OpenMP runtime in
+the process would keep its own thread pool and settings.
+
+Everything lands in ``patches/.cache/build/<key>/`` where the key hashes the
+series (BASE + series + patches) and the build tooling (this module and the
+code generators, compiler, flags, torch version), so changing a flag or the
+generator rebuilds instead of silently reusing an old library.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -36,12 +48,109 @@ CPU_CAPABILITIES = [
 COMMON_DEFINES = ["-DHAVE_AVX2_CPU_DEFINITION", "-DHAVE_AVX512_CPU_DEFINITION", "-DAT_PER_OPERATOR_HEADERS"]
 
 
+# Python packages the build imports or runs: module -> pip distribution.
+# torchgen (codegen, autograd_gen) imports yaml; cpp_extension imports
+# setuptools and drives ninja.
+BUILD_REQUIREMENTS = {"yaml": "pyyaml", "setuptools": "setuptools", "ninja": "ninja"}
+# Modules whose text decides what is compiled: a change to them must rebuild.
+TOOLING_MODULES = ["build.py", "codegen.py", "series.py", "workspace.py"]
+
+
 class BuildError(Exception):
     """The extension could not be built; the message carries the compiler output."""
 
 
+def missing_build_requirements() -> list[str]:
+    """pip names of the build's Python dependencies that are not installed."""
+    import shutil
+
+    missing = []
+    for module, distribution in BUILD_REQUIREMENTS.items():
+        if module == "ninja":
+            # cpp_extension runs the ninja executable, not the module.
+            if shutil.which("ninja") is None and importlib.util.find_spec("ninja") is None:
+                missing.append(distribution)
+        elif importlib.util.find_spec(module) is None:
+            missing.append(distribution)
+    return missing
+
+
+def check_build_requirements() -> None:
+    """Raise one BuildError naming every missing build dependency.
+
+    Without this a fresh environment fails deep inside torchgen or
+    cpp_extension with an unrelated-looking ImportError, once per test.
+    """
+    missing = missing_build_requirements()
+    if missing:
+        names = " ".join(missing)
+        raise BuildError(
+            f"the out-of-tree build needs the Python package(s) {', '.join(missing)}, "
+            f"which are not installed; install them with: {sys.executable} -m pip install {names}"
+        )
+
+
+def openmp_runtime() -> Path | None:
+    """The OpenMP runtime file libtorch_cpu has loaded, or None without OpenMP.
+
+    Read from the process's mappings, so it is the wheel's bundled copy
+    (torch/lib/libgomp.so.1) rather than whatever the compiler would link.
+    """
+    import torch
+
+    if not torch._C.has_openmp:
+        return None
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        for line in maps.read_text().splitlines():
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            name = os.path.basename(path)
+            if name.startswith(("libgomp", "libiomp5", "libomp")) and ".so" in name:
+                return Path(path)
+    bundled = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if bundled.exists():
+        return bundled
+    raise BuildError("torch uses OpenMP but its OpenMP runtime could not be found to link against")
+
+
+def openmp_compile_flags() -> list[str]:
+    """``-fopenmp`` exactly when ATen itself was built with OpenMP."""
+    return ["-fopenmp"] if openmp_runtime() is not None else []
+
+
+def openmp_link_flags() -> list[str]:
+    """Link the runtime torch loaded (by path, with an rpath), never the compiler's."""
+    runtime = openmp_runtime()
+    if runtime is None:
+        return []
+    return [str(runtime), f"-Wl,-rpath,{runtime.parent}"]
+
+
+def tooling_fingerprint() -> dict:
+    """Everything besides the series that decides the build's output."""
+    import torch
+
+    here = Path(__file__).resolve().parent
+    return {
+        "modules": {name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in TOOLING_MODULES},
+        "compiler": os.environ.get("CXX", "c++"),
+        "torch": torch.__version__,
+        "compile": [*compile_flags_base(), *COMMON_DEFINES, *openmp_compile_flags()],
+        "capabilities": CPU_CAPABILITIES,
+        "link": openmp_link_flags(),
+        "cuda": cuda_wanted(),
+    }
+
+
+def build_key() -> str:
+    """Cache key: the series hash and the tooling fingerprint."""
+    digest = hashlib.sha256(series.content_hash().encode())
+    digest.update(json.dumps(tooling_fingerprint(), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 def build_dir() -> Path:
-    return series.CACHE_DIR / "build" / series.content_hash()
+    return series.CACHE_DIR / "build" / build_key()
 
 
 def cuda_wanted() -> bool:
@@ -97,7 +206,7 @@ def compile_capability_objects(directory: Path, kernels: list[Path], verbose: bo
             obj.parent.mkdir(parents=True, exist_ok=True)
             command = [
                 compiler, "-c", str(kernel), "-o", str(obj),
-                *compile_flags_base(), *COMMON_DEFINES, *flags,
+                *compile_flags_base(), *openmp_compile_flags(), *COMMON_DEFINES, *flags,
                 *[f"-I{path}" for path in includes],
                 f"-I{sysconfig.get_paths()['include']}",
             ]
@@ -159,6 +268,7 @@ def build_extension(force: bool = False, verbose: bool = False) -> Path:
     """
     import fcntl
 
+    check_build_requirements()
     lock_path = series.CACHE_DIR / "build.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
@@ -195,7 +305,7 @@ def _build_locked(force: bool, verbose: bool) -> Path:
     objects = compile_capability_objects(directory, kernels, verbose)
     ext_dir = directory / "ext"
     ext_dir.mkdir(parents=True, exist_ok=True)
-    cflags = [*compile_flags_base()[:1], *COMMON_DEFINES]
+    cflags = [*compile_flags_base()[:1], *openmp_compile_flags(), *COMMON_DEFINES]
     try:
         cpp_extension.load(
             name=EXTENSION_PREFIX,
@@ -203,7 +313,7 @@ def _build_locked(force: bool, verbose: bool) -> Path:
             extra_cflags=cflags,
             extra_cuda_cflags=[*COMMON_DEFINES],
             extra_include_paths=[str(p) for p in include_dirs(directory)],
-            extra_ldflags=[str(obj) for obj in objects],
+            extra_ldflags=[*(str(obj) for obj in objects), *openmp_link_flags()],
             build_directory=str(ext_dir),
             with_cuda=bool(cuda_sources),
             is_python_module=False,
