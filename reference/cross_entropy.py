@@ -22,8 +22,11 @@ class _TimesLogProb(torch.autograd.Function):
     target gradient (``0 * -inf`` in ``mul``'s backward); the spec asks for the
     true derivative ``logp`` there (CE-GRAD-TARGET), so the product gets its own
     derivative.  Its backward is built from differentiable ops, so double
-    backward works, and ``jvp`` serves forward-mode AD.
+    backward works, and ``jvp`` serves forward-mode AD; functorch derives its
+    batch rule from these (``generate_vmap_rule``), so ``vmap`` needs no fallback.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(t: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
