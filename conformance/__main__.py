@@ -18,7 +18,9 @@ import pytest
 from conformance import plugin
 from conformance.impls import known_impls
 
-FAMILIES = ("forward", "backward", "gradcheck", "gradgradcheck", "forward_ad", "errors", "properties")
+# The bare function's families, then the subsystems that call it (docs/semantics.md, "Inside PyTorch's subsystems").
+FAMILIES = ("forward", "backward", "gradcheck", "gradgradcheck", "forward_ad", "errors", "properties",
+            "functorch", "export", "dynamo", "autocast", "distributed", "subclasses", "numerics", "robustness")
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -67,6 +67,108 @@ _COMPILE_ERROR_INPUTS = (
     ("input_0d", "CE-ERR-0D"),
 )
 
+_DTENSOR_BATCH_MEAN = ("stock's DTensor sharding rule for nll_loss_forward on a batch-sharded input (Shard(0); target "
+                       "Shard(0) or Replicate) averages the shards' own means: with class weights or ignored targets the "
+                       "shards' total weights differ and the 'mean' loss is wrong (its input gradient is right)")
+_DTENSOR_UNEVEN = ("stock refuses a 'mean' over a batch that does not split evenly across the mesh (Shard(0), 7 rows on 2 "
+                   "ranks): RuntimeError 'The intermediate results of nll_loss cannot be evenly sharded, resulting in "
+                   "biased mean result.'")
+_LP_WEIGHT_IGNORE = ("loss_parallel()'s nll_loss backward handler gathers the class weight at the raw target "
+                     "(torch.gather(w, 1, target)): a weight with ignored targets raises 'index -100 is out of bounds "
+                     "for dimension 1 with size 6' in loss.backward()")
+_LP_UNSUPPORTED = ("loss_parallel() documents label smoothing and probability targets as unsupported; with a plain "
+                   "target stock raises RuntimeError 'aten.masked_fill_.Scalar (smoothing) / aten.mul.Tensor "
+                   "(probabilities) got mixed torch.Tensor and DTensor'")
+_LP_PROB_GRAD = ("loss_parallel()'s _log_softmax_backward handler returns the incoming gradient unchanged (the softmax "
+                 "term lives in its nll_loss backward handler), so a probability target sharded like the input "
+                 "(Shard(1)) gets a silently wrong input gradient (the loss is right)")
+_LP_LEAK = ("loss_parallel() installs its DTensor op handlers without try/finally: after an exception inside it they "
+            "stay installed, and a Replicate-input cross_entropy outside it raises ValueError 'loss_parallel() requires "
+            "exactly one mesh dim to shard tensor dimension 1'")
+_COMPILE_LP = ("the torch.compile'd F.cross_entropy, called inside loss_parallel() on a Shard(1) input after it ran on "
+               "Replicate/Shard(0) DTensors, returns a silently wrong loss and input gradient (1.964 expected, 0.676); "
+               "compiled first inside loss_parallel() it is right")
+_PATCH_DTENSOR = ("the series sends tensor subclasses, DTensor included, to aten::_fused_cross_entropy, which has no "
+                  "DTensor sharding strategy: NotImplementedError 'Operator aten._fused_cross_entropy.default does not "
+                  "have a sharding strategy registered.'; inside loss_parallel() the fused op bypasses its "
+                  "_log_softmax/nll_loss handlers: RuntimeError 'aten._fused_cross_entropy.default got mixed "
+                  "torch.Tensor and DTensor' (DistributedDataParallel, on plain tensors, passes)")
+_REFERENCE_DTENSOR = ("the reference's plain-op composite mixes plain tensors into DTensor ops: its default all-ones "
+                      "class weight indexed by a DTensor target ('aten.index.Tensor got mixed torch.Tensor and DTensor'), "
+                      "and inside loss_parallel() a mask built from the plain target ('aten.masked_fill.Scalar got mixed "
+                      "torch.Tensor and DTensor'); with a class weight, and for probability targets, it is right")
+LINES = (
+)
+
+_STOCK_VMAP_MASKED_SELECT = (
+    "stock's label-smoothing path for 'mean' with a class weight and ignored positions divides by "
+    "weight.gather(target.masked_select(~ignore_mask)).sum(); masked_select has no batch rule for a batched "
+    "mask: 'vmap: Attempted to vmap over `mask` in torch.masked_select(self, mask) We cannot support this "
+    "because for each batch this would return a differently shaped Tensor' (vmap(grad(f)) of the same call works)")
+_COMPILE_DOUBLE_BACKWARD = (
+    "torch.compile (AOTAutograd) has no double backward: 'torch.compile with aot_autograd does not currently "
+    "support double backward', or, for a graph first compiled without create_graph, 'This backward function was "
+    "compiled with non-empty donated buffers which requires create_graph=False and retain_graph=False'")
+_COMPILE_NUMERICS = (
+    "Inductor's fused float32 reduction of stock's probability-target composite -(log_softmax(x) * t).sum() / N "
+    "loses ~3 ulps of the mean loss at logits offset by 30 / 1000 (stock eager: < 1 ulp)")
+_PATCH_NO_BATCH_RULE = (
+    "the series adds no functorch batch rule for aten::_fused_cross_entropy (in-tree, cross_entropy_loss is "
+    "OP_DECOMPOSE'd for vmap and reaches it): 'aten::_fused_cross_entropy hit the vmap fallback which is "
+    "currently disabled'; with the fallback enabled the values are right")
+_PATCH_NO_BACKWARD_BATCH_RULE = (
+    "no batch rule for aten::_fused_cross_entropy_backward, which jacrev and hessian vmap over: "
+    "'aten::_fused_cross_entropy_backward hit the vmap fallback which is currently disabled'")
+_PATCH_NO_FWD_OVER_REV = (
+    "the series' derivatives.yaml gives _fused_cross_entropy_backward no forward-AD formula, so "
+    "forward-over-reverse raises 'NotImplementedError: Trying to use forward AD with "
+    "_fused_cross_entropy_backward that does not support it because it has not been implemented yet.'")
+_PATCH_NUMERICS = (
+    "the fused backward rebuilds softmax from the saved float32 log-sum-exp lse = max + log(sum): for confident "
+    "rows log(sum) (~1e-8) is lost in that sum, so p_target rounds to exactly 1 and the target-class gradient is 0 "
+    "(stock: exp(logp) - 1, ~6% off); and lse_is_coarse() (|lse| * eps > 8e-6) keeps a rounded lse up to |lse| ~ 67, "
+    "whose error (~4e-6) reaches every softmax term (K-dim at offset 60, probability targets at offset 30)")
+_PATCH_NUMERICS_IDS = (
+    "float32:index/N,C=64x1000/mean/confident-hit/grad",
+    "float32:index/N,C=64x1000/mean/confident-miss/grad",
+    "float32:index/N,C,d1,d2=4x100x4x4/mean/offset60/grad",
+    "float32:index/N,C,d1,d2=4x100x4x4/mean/confident-hit/grad",
+    "bfloat16:index/N,C,d1,d2=4x100x4x4/mean/confident-hit/grad",
+    "float32:index/N,C=64x1000/none/confident-hit/grad",
+    "float32:index/N,C,d1,d2=4x100x4x4/none/offset60/grad",
+    "float32:index/N,C,d1,d2=4x100x4x4/none/confident-hit/grad",
+    "bfloat16:index/N,C,d1,d2=4x100x4x4/none/confident-hit/grad",
+    "float16:index/N,C,d1,d2=4x100x4x4/none/confident-hit/grad",
+    "float32:prob/N,C=64x1000/mean/offset30/grad",
+    "float32:prob/N,C=64x1000/mean/confident-hit/grad",
+    "float32:prob/N,C,d1,d2=4x100x4x4/mean/offset60/grad",
+    "float32:prob/N,C,d1,d2=4x100x4x4/mean/confident-hit/grad",
+    "bfloat16:prob/N,C,d1,d2=4x100x4x4/mean/confident-hit/grad",
+    "float32:prob/N,C=64x1000/none/confident-hit/grad",
+    "float32:prob/N,C=64x1000/none/confident-miss/grad",
+    "float32:prob/N,C,d1,d2=4x100x4x4/none/offset60/grad",
+    "float32:prob/N,C,d1,d2=4x100x4x4/none/confident-hit/grad",
+    "bfloat16:prob/N,C,d1,d2=4x100x4x4/none/confident-hit/grad",
+    "float16:prob/N,C,d1,d2=4x100x4x4/none/confident-hit/grad",
+)
+
+_PATCH_EXPORT_CORE = ("aten::_fused_cross_entropy has no decomposition and no torch.Tag.core tag: it survives "
+                      "ExportedProgram.run_decompositions(), so core-opset backends cannot run the exported loss")
+_PATCH_DYNAMO_IGNORE = ("the routing lines call ignore_index.guard_int(__FILE__, __LINE__), which specialises Dynamo's "
+                        "symbolic ignore_index: 6 ignore_index values compile 6 graphs, stock compiles 2")
+_PATCH_MKLDNN = ("the routing sends mkldnn input to aten::_fused_cross_entropy, which has no MkldnnCPU kernel: "
+                 "NotImplementedError where stock raises RuntimeError")
+_PATCH_C0_SEGV = ("the CPU kernels of _fused_cross_entropy / _fused_cross_entropy_backward have no C == 0 check: "
+                  "probabilities over zero classes crash the process with SIGSEGV")
+_PATCH_C0_FPE = ("the composite terms behind _fused_cross_entropy_jvp / _double_backward compute "
+                 "self.numel() / n_classes in integers: SIGFPE for C == 0")
+_COMPILE_FAKE = ("torch.compile's guards do not tell FakeTensors from real CPU tensors: after a real call, a call "
+                 "under FakeTensorMode runs the compiled Inductor kernel on null data pointers (SIGSEGV)")
+_COMPILE_MODE = ("torch.compile does not trace under a non-infra TorchDispatchMode; with fullgraph=True it raises "
+                 "'found no compiled frames ... non-infra torch dispatch mode present'")
+_COMPILE_LAYOUT = ("Dynamo rejects sparse / nested inputs with its own exception (Unsupported, TorchRuntimeError) "
+                   "instead of stock's NotImplementedError / RuntimeError")
+
 DIVERGENCES: Tuple[Divergence, ...] = (
     # ---- stock torch 2.13 (the installed F.cross_entropy)
     Divergence("torch", "forward:*:prob/*/neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
@@ -83,6 +185,64 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     Divergence("compile", "forward:float32:prob/*/weight+neginf", "CE-DIV-ZERO-LOG-ZERO", _ZERO_LOG_ZERO),
     Divergence("compile", "backward:float32:index/*ignored_neginf_row", "CE-DIV-IGNORED-GRAD", _IGNORED_GRAD),
     *(Divergence("compile", f"errors:any:{name}", rule, _COMPILE_ERRORS) for name, rule in _COMPILE_ERROR_INPUTS),
+    # ---- stock torch 2.13 on DTensor (the distributed family)
+    Divergence("torch", "distributed:*:shard0*/index/*/mean/weight*", "CE-DIV-DTENSOR", _DTENSOR_BATCH_MEAN),
+    Divergence("torch", "distributed:*:shard0*/index/*/mean/ignore*", "CE-DIV-DTENSOR", _DTENSOR_BATCH_MEAN),
+    Divergence("torch", "distributed:*:shard0*/index/N,C=7x6/mean/*", "CE-DIV-DTENSOR", _DTENSOR_UNEVEN),
+    Divergence("torch", "distributed:*:loss_parallel/shard1/index/*/weight+ignore*", "CE-DIV-DTENSOR", _LP_WEIGHT_IGNORE),
+    Divergence("torch", "distributed:*:loss_parallel/shard1/index/*/smooth*", "CE-DIV-DTENSOR", _LP_UNSUPPORTED),
+    Divergence("torch", "distributed:*:loss_parallel/shard1/prob/*", "CE-DIV-DTENSOR", _LP_UNSUPPORTED),
+    Divergence("torch", "distributed:*:loss_parallel/shard1+shard1-target/prob/*", "CE-DIV-DTENSOR", _LP_PROB_GRAD),
+    Divergence("torch", "distributed:*:loss_parallel/after-exception/replicate-outside/*", "CE-DIV-DTENSOR", _LP_LEAK),
+    # ---- torch.compile (runs distributed_cases.COMPILE_CASES only)
+    Divergence("compile", "distributed:*:shard0*/index/*/mean/weight*", "CE-DIV-DTENSOR", _DTENSOR_BATCH_MEAN),
+    Divergence("compile", "distributed:*:loss_parallel/shard1/index/N,C=8x6/mean/plain", "CE-DIV-DTENSOR", _COMPILE_LP),
+    Divergence("compile", "distributed:*:loss_parallel/shard1+shard1-target/prob/*", "CE-DIV-DTENSOR", _LP_PROB_GRAD),
+    # ---- the reference
+    Divergence("reference", "distributed:*:replicate/index/*/plain", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:replicate/index/*/mean/ignore*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:replicate/index/*/mean/smooth*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:shard0*/index/*/plain", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:shard0*/index/*/mean/ignore*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:shard0*/index/*/mean/smooth*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:loss_parallel/shard1/*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:loss_parallel/shard1+replicate-target/*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:loss_parallel/after-exception/reenter/*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
+    Divergence("reference", "distributed:*:loss_parallel/shard1+shard1-target/prob/*", "CE-DIV-DTENSOR", _LP_PROB_GRAD),
+    Divergence("reference", "distributed:*:loss_parallel/after-exception/replicate-outside/*", "CE-DIV-DTENSOR", _LP_LEAK),
+    # ---- the patch series
+    Divergence("patch", "distributed:*:replicate/*", "CE-SYS-DTENSOR", _PATCH_DTENSOR),
+    Divergence("patch", "distributed:*:shard0*", "CE-SYS-DTENSOR", _PATCH_DTENSOR),
+    Divergence("patch", "distributed:*:loss_parallel/*", "CE-SYS-DTENSOR", _PATCH_DTENSOR),
+    # ---- functorch and numerics families
+    Divergence("torch", "functorch:*:vmap/in_dims=0/chunk_size=2/index/N,C=4x5/mean/weight+ignore1-some+smooth0.1",
+               "CE-SYS-VMAP", _STOCK_VMAP_MASKED_SELECT),
+    Divergence("compile", "functorch:float64:gradgradcheck/*", "CE-GRAD-HIGHER", _COMPILE_DOUBLE_BACKWARD),
+    Divergence("compile", "numerics:float32:prob/N,C=64x1000/mean/offset30/loss", "CE-SYS-NUMERICS", _COMPILE_NUMERICS),
+    Divergence("compile", "numerics:float32:prob/N,C=64x1000/mean/offset1000/loss", "CE-SYS-NUMERICS", _COMPILE_NUMERICS),
+    Divergence("patch", "functorch:*:vmap/*", "CE-SYS-VMAP", _PATCH_NO_BATCH_RULE),
+    Divergence("patch", "functorch:*:per_sample_grad/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BATCH_RULE),
+    Divergence("patch", "functorch:*:vmap_grad_invalid_index/*", "CE-SYS-VMAP", _PATCH_NO_BATCH_RULE),
+    Divergence("patch", "functorch:float64:jacobian/jacrev/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BACKWARD_BATCH_RULE),
+    Divergence("patch", "functorch:float64:hessian/func.hessian/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BACKWARD_BATCH_RULE),
+    Divergence("patch", "functorch:float64:hessian/jacrev-jacrev/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BACKWARD_BATCH_RULE),
+    Divergence("patch", "functorch:float64:hessian/jacfwd-grad/*", "CE-SYS-FUNCTORCH", _PATCH_NO_FWD_OVER_REV),
+    Divergence("patch", "functorch:float64:hvp/jvp-grad/*", "CE-SYS-FUNCTORCH", _PATCH_NO_FWD_OVER_REV),
+    Divergence("patch", "functorch:float64:gradgradcheck/fwd-over-rev/*", "CE-GRAD-HIGHER", _PATCH_NO_FWD_OVER_REV),
+    *(Divergence("patch", f"numerics:{case_id}", "CE-SYS-NUMERICS", _PATCH_NUMERICS) for case_id in _PATCH_NUMERICS_IDS),
+    # ---- export, dynamo, subclasses and robustness families
+    Divergence("patch", "export:*:core-ops/*", "CE-SYS-EXPORT", _PATCH_EXPORT_CORE),
+    Divergence("patch", "dynamo:*:recompiles/ignore_index/*", "CE-SYS-DYNAMO", _PATCH_DYNAMO_IGNORE),
+    Divergence("patch", "subclasses:any:mkldnn/*", "CE-SYS-SUBCLASS", _PATCH_MKLDNN),
+    Divergence("patch", "robustness:any:_fused_cross_entropy/C=0/prob*", "CE-SYS-ROBUST", _PATCH_C0_SEGV),
+    Divergence("patch", "robustness:any:_fused_cross_entropy_backward/C=0/prob", "CE-SYS-ROBUST", _PATCH_C0_SEGV),
+    Divergence("patch", "robustness:any:_fused_cross_entropy_jvp/C=0/prob", "CE-SYS-ROBUST", _PATCH_C0_FPE),
+    Divergence("patch", "robustness:any:_fused_cross_entropy_double_backward/C=0/prob", "CE-SYS-ROBUST", _PATCH_C0_FPE),
+    Divergence("compile", "subclasses:*:fake/*", "CE-SYS-SUBCLASS", _COMPILE_FAKE),
+    Divergence("compile", "subclasses:float32:dispatch-mode/*", "CE-SYS-SUBCLASS", _COMPILE_MODE),
+    Divergence("compile", "subclasses:any:sparse-coo/*", "CE-SYS-SUBCLASS", _COMPILE_LAYOUT),
+    Divergence("compile", "subclasses:any:nested/*", "CE-SYS-SUBCLASS", _COMPILE_LAYOUT),
+    Divergence("compile", "subclasses:any:nested-jagged/*", "CE-SYS-SUBCLASS", _COMPILE_LAYOUT),
 )
 
 

@@ -1,5 +1,6 @@
 """The suite's own machinery: the registry, the divergence table, and that it can fail."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -89,3 +90,26 @@ def test_samples_are_the_same_every_time():
         first, second = spec.build("cpu", torch.float32), spec.build("cpu", torch.float32)
         for a, b in ((first.input, second.input), (first.target, second.target)):
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_every_family_module_is_run_by_the_cli():
+    """A family file that ``python -m conformance`` does not list would never run in CI."""
+    from conformance.__main__ import FAMILIES
+
+    modules = sorted(p.stem.removeprefix("test_") for p in (ROOT / "conformance" / "tests").glob("test_*.py"))
+    assert modules == sorted(FAMILIES)
+
+
+def test_an_implementation_that_cannot_be_made_stops_the_run_once(tmp_path):
+    """A missing build dependency is reported once, naming the package, not once per test."""
+    # A None entry in sys.modules is how Python spells "this module cannot be imported".
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['yaml'] = None\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    child = subprocess.run([sys.executable, "-m", "conformance", "--impl", "patch", "--family", "forward", "-q"],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    output = child.stdout + child.stderr
+    assert child.returncode != 0, output[-3000:]
+    # pytest reports the stop once on stdout (and repeats it on stderr); no test ran.
+    assert child.stdout.count("implementation 'patch' is unavailable") == 1, output[-3000:]
+    assert "pip install pyyaml" in child.stdout, output[-3000:]
+    assert child.stdout.strip().splitlines()[-1] == "0 passed, 0 failed", output[-3000:]
