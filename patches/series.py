@@ -222,3 +222,39 @@ def content_hash() -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _git_blob_id(text: str) -> str:
+    """The id git gives a file with this text (``git hash-object``), for the ``index`` line."""
+    data = text.encode()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def replace_new_file(patch: Path, path: str, text: str) -> None:
+    """Give a file that ``patch`` creates the new content ``text``, in place.
+
+    Why: editing a new file through ``python -m patches workspace`` needs a base copy of
+    every upstream file the series touches, and ``LossNLL.cpp`` is not in the wheel; a
+    new file's diff is one ``@@ -0,0 +1,N @@`` hunk, so it can be rewritten directly.
+    The hunk header and the ``index`` line's blob id are recomputed, so the patch stays
+    valid ``git am`` input.
+    """
+    if not text.endswith("\n"):
+        raise SeriesError(f"{path}: the new text must end with a newline")
+    lines = _strip_email_footer(patch.read_text().split("\n"))
+    footer = patch.read_text().split("\n")[len(lines):]
+    try:
+        start = lines.index(f"diff --git a/{path} b/{path}")
+    except ValueError:
+        raise SeriesError(f"{patch.name} has no diff of {path}") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("diff --git ")), len(lines))
+    header = lines[start:end]
+    hunk_at = next((i for i, line in enumerate(header) if line.startswith("@@")), None)
+    if "new file mode 100644" not in header or hunk_at is None or not header[hunk_at].startswith("@@ -0,0 "):
+        raise SeriesError(f"{patch.name}: {path} is not a file the patch creates")
+    body = text[:-1].split("\n")
+    new_header = [re.sub(r"^index 0+\.\.[0-9a-f]+", f"index {'0' * 40}..{_git_blob_id(text)}", line)
+                  for line in header[:hunk_at]]
+    new_header.append(f"@@ -0,0 +1,{len(body)} @@")
+    rewritten = lines[:start] + new_header + ["+" + line for line in body] + lines[end:]
+    patch.write_text("\n".join(rewritten + footer))

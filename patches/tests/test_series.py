@@ -51,3 +51,28 @@ def test_export_refuses_a_stale_workspace(applied: Path, tmp_path: Path) -> None
     (applied / ".git" / "patches-series-hash").write_text("stale\n")
     with pytest.raises(series.SeriesError, match="changed since"):
         workspace.export(applied)
+
+
+def test_replace_new_file_keeps_the_patch_valid(tmp_path):
+    """Rewriting a new file in place: same text is a no-op; new text gets a correct header and blob id."""
+    import subprocess
+
+    from patches import series
+
+    source = next(series.PATCHES_DIR.glob("0001-*.patch"))
+    patch = tmp_path / source.name
+    patch.write_text(source.read_text())
+    path = "aten/src/ATen/native/FusedCrossEntropy.cpp"
+    text = next(d for d in series.parse_patch(patch) if d.path == path).new_text()
+    series.replace_new_file(patch, path, text)
+    assert patch.read_text() == source.read_text()
+
+    changed = text.replace("namespace at::native {", "namespace at::native {\n\n// (an added comment)", 1)
+    series.replace_new_file(patch, path, changed)
+    diffs = {d.path: d for d in series.parse_patch(patch)}
+    assert diffs[path].new_text() == changed
+    assert [d.path for d in series.parse_patch(patch)] == [d.path for d in series.parse_patch(source)]
+    blob = subprocess.run(["git", "hash-object", "--stdin"], input=changed, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert f"index {'0' * 40}..{blob}" in patch.read_text()
+    assert f"@@ -0,0 +1,{changed.count(chr(10))} @@" in patch.read_text()
