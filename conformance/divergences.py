@@ -156,12 +156,6 @@ _PATCH_EXPORT_CORE = ("aten::_fused_cross_entropy has no decomposition and no to
                       "ExportedProgram.run_decompositions(), so core-opset backends cannot run the exported loss")
 _PATCH_DYNAMO_IGNORE = ("the routing lines call ignore_index.guard_int(__FILE__, __LINE__), which specialises Dynamo's "
                         "symbolic ignore_index: 6 ignore_index values compile 6 graphs, stock compiles 2")
-_PATCH_MKLDNN = ("the routing sends mkldnn input to aten::_fused_cross_entropy, which has no MkldnnCPU kernel: "
-                 "NotImplementedError where stock raises RuntimeError")
-_PATCH_C0_SEGV = ("the CPU kernels of _fused_cross_entropy / _fused_cross_entropy_backward have no C == 0 check: "
-                  "probabilities over zero classes crash the process with SIGSEGV")
-_PATCH_C0_FPE = ("the composite terms behind _fused_cross_entropy_jvp / _double_backward compute "
-                 "self.numel() / n_classes in integers: SIGFPE for C == 0")
 _COMPILE_FAKE = ("torch.compile's guards do not tell FakeTensors from real CPU tensors: after a real call, a call "
                  "under FakeTensorMode runs the compiled Inductor kernel on null data pointers (SIGSEGV)")
 _COMPILE_MODE = ("torch.compile does not trace under a non-infra TorchDispatchMode; with fullgraph=True it raises "
@@ -233,11 +227,6 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     # ---- export, dynamo, subclasses and robustness families
     Divergence("patch", "export:*:core-ops/*", "CE-SYS-EXPORT", _PATCH_EXPORT_CORE),
     Divergence("patch", "dynamo:*:recompiles/ignore_index/*", "CE-SYS-DYNAMO", _PATCH_DYNAMO_IGNORE),
-    Divergence("patch", "subclasses:any:mkldnn/*", "CE-SYS-SUBCLASS", _PATCH_MKLDNN),
-    Divergence("patch", "robustness:any:_fused_cross_entropy/C=0/prob*", "CE-SYS-ROBUST", _PATCH_C0_SEGV),
-    Divergence("patch", "robustness:any:_fused_cross_entropy_backward/C=0/prob", "CE-SYS-ROBUST", _PATCH_C0_SEGV),
-    Divergence("patch", "robustness:any:_fused_cross_entropy_jvp/C=0/prob", "CE-SYS-ROBUST", _PATCH_C0_FPE),
-    Divergence("patch", "robustness:any:_fused_cross_entropy_double_backward/C=0/prob", "CE-SYS-ROBUST", _PATCH_C0_FPE),
     Divergence("compile", "subclasses:*:fake/*", "CE-SYS-SUBCLASS", _COMPILE_FAKE),
     Divergence("compile", "subclasses:float32:dispatch-mode/*", "CE-SYS-SUBCLASS", _COMPILE_MODE),
     Divergence("compile", "subclasses:any:sparse-coo/*", "CE-SYS-SUBCLASS", _COMPILE_LAYOUT),
