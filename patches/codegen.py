@@ -27,7 +27,6 @@ eligibility rules are ATen's rather than a re-implementation.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import tempfile
 from pathlib import Path

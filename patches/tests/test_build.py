@@ -5,8 +5,6 @@ notices tooling changes, and upstream's autocast policy for the routing."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from patches import build, codegen, oot
+from patches.tests.objects import binutils_output
 
 needs_openmp = pytest.mark.skipif(not torch._C.has_openmp, reason="torch was built without OpenMP")
 
@@ -33,15 +32,8 @@ def _mapped_openmp_runtimes() -> set[str]:
 def test_kernel_objects_call_the_openmp_runtime() -> None:
     # at::parallel_for is inlined into the kernels; without -fopenmp its
     # "#pragma omp parallel" is dropped and the objects never call GOMP.
-    nm = shutil.which("nm")
-    if nm is None:
-        pytest.skip("nm (binutils) is not installed")
-    oot.load()
-    objects = sorted((build.build_dir() / "obj").glob("*.o"))
-    assert objects, "no kernel object was built"
-    for obj in objects:
-        undefined = subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True, check=True).stdout
-        assert "GOMP_parallel" in undefined, obj.name
+    for name, undefined in binutils_output("nm", "-u", "*.o").items():
+        assert "GOMP_parallel" in undefined, name
 
 
 @needs_openmp

@@ -39,19 +39,7 @@ def test_autograd_comes_from_the_derivatives_hunk() -> None:
 def test_avx2_copy_of_the_kernels_is_vector_code() -> None:
     # Without ATen's CPU_CAPABILITY macros at::vec::Vectorized is scalar;
     # the AVX2 object must use 256-bit registers.
-    import shutil
-    import subprocess
+    from patches.tests.objects import binutils_output
 
-    import pytest
-
-    from patches import build
-
-    objdump = shutil.which("objdump")
-    if objdump is None:
-        pytest.skip("objdump (binutils) is not installed")
-    oot.load()
-    objects = list((build.build_dir() / "obj").glob("*.AVX2.o"))
-    assert objects, "no AVX2 object was built"
-    for obj in objects:
-        listing = subprocess.run([objdump, "-d", str(obj)], capture_output=True, text=True, check=True).stdout
-        assert listing.count("%ymm") > 100, obj.name
+    for name, listing in binutils_output("objdump", "-d", "*.AVX2.o").items():
+        assert listing.count("%ymm") > 100, name
