@@ -15,7 +15,6 @@ import torch
 
 from conformance import compare
 from conformance.cases import Case
-from conformance.impls import CrossEntropy
 from conformance.samples import SampleInput, SampleSpec
 
 
@@ -52,10 +51,6 @@ def reference_loss(sample: SampleInput) -> torch.Tensor:
     return compare.forward(compare.reference(), sample.cast(torch.float64))
 
 
-def call(fn: CrossEntropy, sample: SampleInput) -> torch.Tensor:
-    return fn(sample.input, sample.target, **sample.kwargs)
-
-
 def traced_signature(impl_name: str, clause: str, spec: SampleSpec, dtype: torch.dtype, device: str) -> str:
     """``repr`` of (shape, dtype, device) of the real call and of the call under ``clause``.
 
@@ -70,15 +65,15 @@ def traced_signature(impl_name: str, clause: str, spec: SampleSpec, dtype: torch
 
     impl = get_impl(impl_name)
     sample = spec.build(device, dtype)
-    real = call(impl, sample)
+    real = compare.forward(impl, sample)
     if clause == "fake":
         with FakeTensorMode() as mode:
             convert = mode.from_tensor
-            out = call(impl, SampleInput(spec, convert(sample.input), convert(sample.target),
+            out = compare.forward(impl, SampleInput(spec, convert(sample.input), convert(sample.target),
                                          None if sample.weight is None else convert(sample.weight)))
     else:
         convert = lambda t: t.to("meta")  # noqa: E731
-        out = call(impl, SampleInput(spec, convert(sample.input), convert(sample.target),
+        out = compare.forward(impl, SampleInput(spec, convert(sample.input), convert(sample.target),
                                      None if sample.weight is None else convert(sample.weight)))
     return repr({"real": (tuple(real.shape), str(real.dtype), str(real.device)),
                  clause: (tuple(out.shape), str(out.dtype), str(out.device))})

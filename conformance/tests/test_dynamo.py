@@ -26,7 +26,7 @@ from torch._dynamo.utils import counters
 
 from conformance import compare
 from conformance.samples import SampleInput, SampleSpec
-from conformance.subsystem_cases import (REFERENCE_DATA_DEPENDENT, call, clause_params, named_params,
+from conformance.subsystem_cases import (REFERENCE_DATA_DEPENDENT, clause_params, named_params,
                                          reference_loss)
 
 BACKEND = "aot_eager"
@@ -73,7 +73,7 @@ def graphs_compiled(fn: Callable, samples: Sequence[SampleInput]) -> Tuple[int, 
     """(graphs Dynamo compiled, results) for calls from a fresh Dynamo state."""
     torch._dynamo.reset()
     counters.clear()
-    results = [call(fn, sample) for sample in samples]
+    results = [compare.forward(fn, sample) for sample in samples]
     return counters["stats"]["unique_graphs"], results
 
 
@@ -88,7 +88,7 @@ def test_fullgraph_values(case, spec, impl, impl_name, device):
     if dynamic and impl_name == "compile":
         torch._dynamo.mark_dynamic(sample.input, 0)
         torch._dynamo.mark_dynamic(sample.target, 0)
-    compare.assert_matches(case, call(fn, sample), reference_loss(sample), "compiled loss")
+    compare.assert_matches(case, compare.forward(fn, sample), reference_loss(sample), "compiled loss")
 
 
 def _recompile_samples(case_name: str, device: str) -> List[SampleInput]:

@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_map
 from conformance import compare
 from conformance.crash_isolation import CallServer
 from conformance.samples import SampleInput, SampleSpec
-from conformance.subsystem_cases import (REFERENCE_DATA_DEPENDENT, call, clause_params, named_params,
+from conformance.subsystem_cases import (REFERENCE_DATA_DEPENDENT, clause_params, named_params,
                                          reference_loss)
 
 SPECS = (
@@ -145,7 +145,7 @@ def test_values_and_gradients(case, spec, impl, device, fresh_dynamo):
     """A dispatch mode / wrapper subclass sees the call op by op and must not change a value or gradient."""
     plain = spec.build(device, case.dtype)
     plain_leaves = _leaves(plain)
-    plain_out = call(impl, plain)
+    plain_out = compare.forward(impl, plain)
     grad_out = compare.seeded_like(plain_out, f"subclasses|{spec.id}", case.dtype)
     plain_grads = torch.autograd.grad(plain_out, plain_leaves, grad_out)
 
@@ -153,7 +153,7 @@ def test_values_and_gradients(case, spec, impl, device, fresh_dynamo):
     if case.name.startswith("dispatch-mode/"):
         leaves = _leaves(sample)
         with RecordingMode() as mode:
-            out = call(impl, sample)
+            out = compare.forward(impl, sample)
             grads = torch.autograd.grad(out, leaves, grad_out)
         assert mode.ops, "the dispatch mode saw no operator"
     else:
@@ -162,7 +162,7 @@ def test_values_and_gradients(case, spec, impl, device, fresh_dynamo):
         sample.target = Wrapper(sample.target, requires_grad=prob)
         sample.weight = None if sample.weight is None else Wrapper(sample.weight)
         leaves = [sample.input] + ([sample.target] if prob else [])
-        out = call(impl, sample)
+        out = compare.forward(impl, sample)
         assert isinstance(out, Wrapper), f"the loss of Wrapper inputs is a {type(out).__name__}"
         grads = torch.autograd.grad(out, leaves, Wrapper(grad_out))
     out, grads = _plain(out), [_plain(g) for g in grads]
