@@ -43,3 +43,22 @@ def test_avx2_copy_of_the_kernels_is_vector_code() -> None:
 
     for name, listing in binutils_output("objdump", "-d", "*.AVX2.o").items():
         assert listing.count("%ymm") > 100, name
+
+
+def test_tracing_rejects_zero_classes_as_the_kernels_do() -> None:
+    """The meta functions (FakeTensor, torch.compile, export) raise the kernels' error for C = 0."""
+    import pytest
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    oot.load()
+    message = r"expected input with at least one class, got input of size \[3, 0\]"
+    x, t = torch.randn(3, 0), torch.randn(3, 0)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.aten._fused_cross_entropy(x, t, None, 1, -100, 0.0)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+        torch.ops.aten._fused_cross_entropy(mode.from_tensor(x), mode.from_tensor(t), None, 1, -100, 0.0)
+    lse = torch.empty(3)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+        torch.ops.aten._fused_cross_entropy_backward(
+            mode.from_tensor(torch.ones(())), mode.from_tensor(x), mode.from_tensor(t), None, 1, -100, 0.0,
+            mode.from_tensor(lse), [True, True])
