@@ -26,6 +26,7 @@ generator rebuilds instead of silently reusing an old library.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -62,8 +63,6 @@ class BuildError(Exception):
 
 def missing_build_requirements() -> list[str]:
     """pip names of the build's Python dependencies that are not installed."""
-    import shutil
-
     missing = []
     for module, distribution in BUILD_REQUIREMENTS.items():
         if module == "ninja":
@@ -90,23 +89,35 @@ def check_build_requirements() -> None:
         )
 
 
+def mapped_openmp_runtimes() -> list[Path]:
+    """OpenMP runtime files mapped into this process, in /proc/self/maps order (empty without /proc)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return []
+    found: list[Path] = []
+    for line in maps.read_text().splitlines():
+        fields = line.split()
+        name = os.path.basename(fields[-1]) if len(fields) >= 6 else ""
+        if name.startswith(("libgomp", "libiomp5", "libomp")) and ".so" in name and Path(fields[-1]) not in found:
+            found.append(Path(fields[-1]))
+    return found
+
+
+@functools.lru_cache(maxsize=None)
 def openmp_runtime() -> Path | None:
     """The OpenMP runtime file libtorch_cpu has loaded, or None without OpenMP.
 
     Read from the process's mappings, so it is the wheel's bundled copy
     (torch/lib/libgomp.so.1) rather than whatever the compiler would link.
+    Cached: the flag and key helpers ask once per compile command.
     """
     import torch
 
     if not torch._C.has_openmp:
         return None
-    maps = Path("/proc/self/maps")
-    if maps.exists():
-        for line in maps.read_text().splitlines():
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            name = os.path.basename(path)
-            if name.startswith(("libgomp", "libiomp5", "libomp")) and ".so" in name:
-                return Path(path)
+    mapped = mapped_openmp_runtimes()
+    if mapped:
+        return mapped[0]
     bundled = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
     if bundled.exists():
         return bundled

@@ -83,13 +83,12 @@ CALLS: Tuple[Tuple[str, str, str, str], ...] = (
 
 
 def _params() -> List:
-    return [pytest.param(Case("robustness", None, name=f"{op}/{scenario}"), f"aten.{op}({args})", expect,
-                         id=str(Case("robustness", None, name=f"{op}/{scenario}")))
-            for op, scenario, args, expect in CALLS]
+    cases = [(Case("robustness", None, name=f"{op}/{scenario}"), f"aten.{op}({args})", expect)
+             for op, scenario, args, expect in CALLS]
+    return [pytest.param(case, expression, expect, id=str(case)) for case, expression, expect in cases]
 
 
 NO_OPS = "registers no aten operators"
-_SERVER: List[CallServer] = []
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +96,11 @@ def server(impl_name):
     if not registers_aten_ops(impl_name):
         yield None
         return
-    _SERVER.append(CallServer(SETUP))
-    yield _SERVER[-1]
-    _SERVER.pop().close()
+    calls = CallServer(SETUP)
+    try:
+        yield calls
+    finally:
+        calls.close()
 
 
 @pytest.mark.parametrize("case,expression,expect", _params())

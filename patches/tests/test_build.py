@@ -19,15 +19,6 @@ from patches.tests.objects import binutils_output
 needs_openmp = pytest.mark.skipif(not torch._C.has_openmp, reason="torch was built without OpenMP")
 
 
-def _mapped_openmp_runtimes() -> set[str]:
-    paths = set()
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and os.path.basename(fields[-1]).startswith(("libgomp", "libomp", "libiomp5")):
-            paths.add(fields[-1])
-    return paths
-
-
 @needs_openmp
 def test_kernel_objects_call_the_openmp_runtime() -> None:
     # at::parallel_for is inlined into the kernels; without -fopenmp its
@@ -39,9 +30,9 @@ def test_kernel_objects_call_the_openmp_runtime() -> None:
 @needs_openmp
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
 def test_one_openmp_runtime_the_one_torch_loaded() -> None:
-    before = _mapped_openmp_runtimes()
+    before = set(build.mapped_openmp_runtimes())
     oot.load()
-    after = _mapped_openmp_runtimes()
+    after = set(build.mapped_openmp_runtimes())
     assert len(after) == 1, f"OpenMP runtimes in the process: {sorted(after)}"
     assert after == before or not before
 
