@@ -105,3 +105,15 @@ class CallServer:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
         self.process = None
+
+    def __enter__(self) -> "CallServer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def assert_survived(answer: Dict[str, str], what: str) -> None:
+    """Fail, naming the signal or exit, when ``what`` ended the child instead of returning or raising."""
+    assert answer["outcome"] not in ("signal", "exit"), (
+        f"{what} crashed the process: {answer['type']} ({answer['detail']})")

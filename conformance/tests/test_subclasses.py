@@ -19,8 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from conformance import compare
-from conformance.crash_isolation import CallServer
-from conformance.samples import SampleInput, SampleSpec
+from conformance.crash_isolation import CallServer, assert_survived
+from conformance.samples import SampleSpec
 from conformance.subsystem_cases import (REFERENCE_DATA_DEPENDENT, clause_params, named_params,
                                          reference_loss)
 
@@ -106,9 +106,8 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def isolated(impl_name):
     """A crash-isolated interpreter with the implementation loaded (see ``traced_signature``)."""
-    server = CallServer(ISOLATED_SETUP.format(impl_name=impl_name))
-    yield server
-    server.close()
+    with CallServer(ISOLATED_SETUP.format(impl_name=impl_name)) as server:
+        yield server
 
 
 @pytest.mark.parametrize("case,spec", SHAPE_PARAMS)
@@ -119,17 +118,12 @@ def test_shape_propagation(case, spec, impl_name, device, isolated):
     clause = case.name.split("/", 1)[0]
     expression = f"traced_signature({impl_name!r}, {clause!r}, {spec!r}, {case.dtype!r}, {device!r})"
     answer = isolated.run(expression)
-    assert answer["outcome"] not in ("signal", "exit"), (
-        f"the call under {clause} crashed the process: {answer['type']} ({answer['detail']})")
+    assert_survived(answer, f"the call under {clause}")
     assert answer["outcome"] == "returned", f"the call under {clause} raised {answer['type']}: {answer['detail']}"
     got = ast.literal_eval(answer["detail"])
     real_shape, real_dtype, real_device = got["real"]
     expected = (real_shape, real_dtype, "meta" if clause == "meta" else real_device)
     assert tuple(got[clause]) == expected, f"{clause}: (shape, dtype, device) {got[clause]}, expected {expected}"
-
-
-def _leaves(sample: SampleInput) -> List[torch.Tensor]:
-    return compare.differentiable_inputs(sample)
 
 
 @pytest.fixture
@@ -144,14 +138,14 @@ def fresh_dynamo():
 def test_values_and_gradients(case, spec, impl, device, fresh_dynamo):
     """A dispatch mode / wrapper subclass sees the call op by op and must not change a value or gradient."""
     plain = spec.build(device, case.dtype)
-    plain_leaves = _leaves(plain)
+    plain_leaves = compare.differentiable_inputs(plain)
     plain_out = compare.forward(impl, plain)
     grad_out = compare.seeded_like(plain_out, f"subclasses|{spec.id}", case.dtype)
     plain_grads = torch.autograd.grad(plain_out, plain_leaves, grad_out)
 
     sample = spec.build(device, case.dtype)
     if case.name.startswith("dispatch-mode/"):
-        leaves = _leaves(sample)
+        leaves = compare.differentiable_inputs(sample)
         with RecordingMode() as mode:
             out = compare.forward(impl, sample)
             grads = torch.autograd.grad(out, leaves, grad_out)
@@ -227,8 +221,7 @@ def test_layouts(case, impl_name, device, isolated):
     if _layout_call(case.name, device) is None:
         pytest.skip(f"{case.name.split('/')[0]} tensors are not available in this build/device")
     answer = isolated.run(f"layout_outcomes({impl_name!r}, {case.name!r}, {device!r})")
-    assert answer["outcome"] not in ("signal", "exit"), (
-        f"the call on a {case.name.split('/')[0]} input crashed the process: {answer['type']} ({answer['detail']})")
+    assert_survived(answer, f"the call on a {case.name.split('/')[0]} input")
     assert answer["outcome"] == "returned", f"measuring raised {answer['type']}: {answer['detail']}"
     got = ast.literal_eval(answer["detail"])
     if got["stock"] != "returned":
