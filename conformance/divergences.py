@@ -112,17 +112,6 @@ _COMPILE_DOUBLE_BACKWARD = (
 _COMPILE_NUMERICS = (
     "Inductor's fused float32 reduction of stock's probability-target composite -(log_softmax(x) * t).sum() / N "
     "loses ~3 ulps of the mean loss at logits offset by 30 / 1000 (stock eager: < 1 ulp)")
-_PATCH_NO_BATCH_RULE = (
-    "the series adds no functorch batch rule for aten::_fused_cross_entropy (in-tree, cross_entropy_loss is "
-    "OP_DECOMPOSE'd for vmap and reaches it): 'aten::_fused_cross_entropy hit the vmap fallback which is "
-    "currently disabled'; with the fallback enabled the values are right")
-_PATCH_NO_BACKWARD_BATCH_RULE = (
-    "no batch rule for aten::_fused_cross_entropy_backward, which jacrev and hessian vmap over: "
-    "'aten::_fused_cross_entropy_backward hit the vmap fallback which is currently disabled'")
-_PATCH_NO_FWD_OVER_REV = (
-    "the series' derivatives.yaml gives _fused_cross_entropy_backward no forward-AD formula, so "
-    "forward-over-reverse raises 'NotImplementedError: Trying to use forward AD with "
-    "_fused_cross_entropy_backward that does not support it because it has not been implemented yet.'")
 _PATCH_NUMERICS = (
     "the fused backward rebuilds softmax from the saved float32 log-sum-exp lse = max + log(sum): for confident "
     "rows log(sum) (~1e-8) is lost in that sum, so p_target rounds to exactly 1 and the target-class gradient is 0 "
@@ -154,8 +143,6 @@ _PATCH_NUMERICS_IDS = (
 
 _PATCH_EXPORT_CORE = ("aten::_fused_cross_entropy has no decomposition and no torch.Tag.core tag: it survives "
                       "ExportedProgram.run_decompositions(), so core-opset backends cannot run the exported loss")
-_PATCH_DYNAMO_IGNORE = ("the routing lines call ignore_index.guard_int(__FILE__, __LINE__), which specialises Dynamo's "
-                        "symbolic ignore_index: 6 ignore_index values compile 6 graphs, stock compiles 2")
 _COMPILE_FAKE = ("torch.compile's guards do not tell FakeTensors from real CPU tensors: after a real call, a call "
                  "under FakeTensorMode runs the compiled Inductor kernel on null data pointers (SIGSEGV)")
 _COMPILE_MODE = ("torch.compile does not trace under a non-infra TorchDispatchMode; with fullgraph=True it raises "
@@ -214,19 +201,9 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     Divergence("compile", "functorch:float64:gradgradcheck/*", "CE-GRAD-HIGHER", _COMPILE_DOUBLE_BACKWARD),
     Divergence("compile", "numerics:float32:prob/N,C=64x1000/mean/offset30/loss", "CE-SYS-NUMERICS", _COMPILE_NUMERICS),
     Divergence("compile", "numerics:float32:prob/N,C=64x1000/mean/offset1000/loss", "CE-SYS-NUMERICS", _COMPILE_NUMERICS),
-    Divergence("patch", "functorch:*:vmap/*", "CE-SYS-VMAP", _PATCH_NO_BATCH_RULE),
-    Divergence("patch", "functorch:*:per_sample_grad/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BATCH_RULE),
-    Divergence("patch", "functorch:*:vmap_grad_invalid_index/*", "CE-SYS-VMAP", _PATCH_NO_BATCH_RULE),
-    Divergence("patch", "functorch:float64:jacobian/jacrev/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BACKWARD_BATCH_RULE),
-    Divergence("patch", "functorch:float64:hessian/func.hessian/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BACKWARD_BATCH_RULE),
-    Divergence("patch", "functorch:float64:hessian/jacrev-jacrev/*", "CE-SYS-FUNCTORCH", _PATCH_NO_BACKWARD_BATCH_RULE),
-    Divergence("patch", "functorch:float64:hessian/jacfwd-grad/*", "CE-SYS-FUNCTORCH", _PATCH_NO_FWD_OVER_REV),
-    Divergence("patch", "functorch:float64:hvp/jvp-grad/*", "CE-SYS-FUNCTORCH", _PATCH_NO_FWD_OVER_REV),
-    Divergence("patch", "functorch:float64:gradgradcheck/fwd-over-rev/*", "CE-GRAD-HIGHER", _PATCH_NO_FWD_OVER_REV),
     *(Divergence("patch", f"numerics:{case_id}", "CE-SYS-NUMERICS", _PATCH_NUMERICS) for case_id in _PATCH_NUMERICS_IDS),
     # ---- export, dynamo, subclasses and robustness families
     Divergence("patch", "export:*:core-ops/*", "CE-SYS-EXPORT", _PATCH_EXPORT_CORE),
-    Divergence("patch", "dynamo:*:recompiles/ignore_index/*", "CE-SYS-DYNAMO", _PATCH_DYNAMO_IGNORE),
     Divergence("compile", "subclasses:*:fake/*", "CE-SYS-SUBCLASS", _COMPILE_FAKE),
     Divergence("compile", "subclasses:float32:dispatch-mode/*", "CE-SYS-SUBCLASS", _COMPILE_MODE),
     Divergence("compile", "subclasses:any:sparse-coo/*", "CE-SYS-SUBCLASS", _COMPILE_LAYOUT),

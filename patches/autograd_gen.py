@@ -78,8 +78,14 @@ class _Scope(Mapping):
             return self.variables[name]
         if name == "not_implemented":
             return not_implemented
+        if name == _GRAD_MODE_IS_ENABLED:
+            return torch.is_grad_enabled
         if name.startswith("__"):
             raise KeyError(name)
+        # C++ formulas call the SymInt overloads (foo_symint); the Python op
+        # takes SymInts as they are.
+        if name.endswith("_symint"):
+            name = name[: -len("_symint")]
         try:
             return getattr(torch.ops.aten, name)
         except (AttributeError, RuntimeError) as error:
@@ -92,9 +98,49 @@ class _Scope(Mapping):
         return len(self.variables)
 
 
+# C++ idioms of derivatives.yaml formulas and their Python spelling.  Only
+# these are translated; any other C++ makes the formula a FormulaError.
+_GRAD_MODE_IS_ENABLED = "grad_mode_is_enabled"
+_CPP_IDIOMS = {"GradMode::is_enabled()": f"{_GRAD_MODE_IS_ENABLED}()"}
+
+
+def split_conditional(formula: str) -> tuple[str, str, str] | None:
+    """``cond ? a : b`` at the top level of formula, as (cond, a, b), or None."""
+    depth = 0
+    question = None
+    for index, char in enumerate(formula):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0 and char == "?" and question is None:
+            question = index
+        elif depth == 0 and char == ":" and question is not None:
+            if formula[index - 1 : index + 1] == "::" or formula[index : index + 2] == "::":
+                continue
+            return formula[:question], formula[question + 1 : index], formula[index + 1 :]
+    return None
+
+
+def to_python(formula: str) -> str:
+    """A formula as a Python expression: C++ conditionals become ``a if cond else b``.
+
+    Why: upstream switches between a fused backward and a differentiable one
+    with ``GradMode::is_enabled() ? ... : ...`` (``_fused_rms_norm``); the
+    branches themselves are plain calls of aten ops.
+    """
+    for cpp, python in _CPP_IDIOMS.items():
+        formula = formula.replace(cpp, python)
+    parts = split_conditional(formula)
+    if parts is None:
+        return formula.strip()
+    condition, if_true, if_false = (to_python(part) for part in parts)
+    return f"({if_true}) if ({condition}) else ({if_false})"
+
+
 def _compile(formula: str, where: str):
     try:
-        return compile(formula, f"<derivatives.yaml: {where}>", "eval")
+        return compile(to_python(formula), f"<derivatives.yaml: {where}>", "eval")
     except SyntaxError as error:
         raise FormulaError(
             f"{where}: formula '{formula}' is not a plain call that can be evaluated out of tree"

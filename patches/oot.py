@@ -45,8 +45,12 @@ def _register_meta(library: torch.library.Library) -> list[str]:
     exec(compile(codegen.meta_source(), "<series: torch/_meta_registrations.py>", "exec"), namespace)
     names = []
     for op, fn in collected:
+        # As activate_meta() does in-tree: the Python dispatcher always gets
+        # the meta function; the C++ Meta key only when the op has no
+        # CompositeImplicitAutograd kernel (otherwise Meta runs that kernel).
         op.py_impl(torch._C.DispatchKey.Meta)(fn)
-        library.impl(op, fn, "Meta")
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd"):
+            library.impl(op, fn, "Meta")
         names.append(str(op))
     return names
 

@@ -258,3 +258,71 @@ def replace_new_file(patch: Path, path: str, text: str) -> None:
     new_header.append(f"@@ -0,0 +1,{len(body)} @@")
     rewritten = lines[:start] + new_header + ["+" + line for line in body] + lines[end:]
     patch.write_text("\n".join(rewritten + footer))
+
+
+def file_diff(path: str, before: str | None, after: str) -> str:
+    """``git diff --full-index`` of one file from ``before`` to ``after``, as a patch carries it.
+
+    Why: a hunk on an upstream file that several patches touch (native_functions.yaml,
+    derivatives.yaml) changes its line numbers, context and blob ids in every later
+    patch; computing each patch's diff from the file's full text before and after that
+    patch keeps them all consistent without a workspace (which needs every base file).
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        target = repo / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-c", "core.autocrlf=false", *args], cwd=repo, check=True,
+                                  capture_output=True, text=True).stdout
+
+        git("init", "-q")
+        if before is not None:
+            target.write_text(before)
+            git("add", path)
+        git("-c", "user.name=x", "-c", "user.email=x@invalid", "commit", "-q", "--allow-empty", "-m", "before")
+        target.write_text(after)
+        if before is None:
+            git("add", "--intent-to-add", path)
+        diff = git("diff", "--full-index", "--", path)
+    if not diff:
+        raise SeriesError(f"{path}: the new text equals the old one")
+    return diff
+
+
+def replace_file_diff(patch: Path, path: str, diff: str) -> None:
+    """Replace the diff of ``path`` inside ``patch`` with ``diff`` (from :func:`file_diff`)."""
+    text = patch.read_text().split("\n")
+    lines = _strip_email_footer(text)
+    footer = text[len(lines):]
+    try:
+        start = lines.index(f"diff --git a/{path} b/{path}")
+    except ValueError:
+        raise SeriesError(f"{patch.name} has no diff of {path}") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("diff --git ")), len(lines))
+    trailing = []
+    while end == len(lines) and lines and lines[end - 1] == "":
+        # keep the blank line(s) format-patch leaves before the signature
+        trailing.append("")
+        end -= 1
+    new = diff.rstrip("\n").split("\n")
+    patch.write_text("\n".join(lines[:start] + new + lines[end:] + trailing + footer))
+
+
+def add_file_diff(patch: Path, diff: str) -> None:
+    """Insert a file's diff into ``patch``, in git's path order among its diffs."""
+    path = re.match(r"^diff --git a/(\S+) ", diff).group(1)
+    text = patch.read_text()
+    starts = [m.start() for m in re.finditer(r"^diff --git a/(\S+) ", text, flags=re.M)]
+    paths = [re.match(r"diff --git a/(\S+) ", text[i:]).group(1) for i in starts]
+    if path in paths:
+        raise SeriesError(f"{patch.name} already has a diff of {path}")
+    later = [i for i, other in zip(starts, paths) if other > path]
+    at = later[0] if later else len(_strip_email_footer(text.split("\n")))
+    if not later:
+        raise SeriesError("appending after the last diff is not supported")
+    patch.write_text(text[:at] + diff.rstrip("\n") + "\n" + text[at:])

@@ -10,9 +10,6 @@ import torch.nn.functional as F
 
 from patches import autograd_gen, oot
 
-FORWARD_AD_MESSAGE = autograd_gen.FORWARD_AD_NOT_IMPLEMENTED.format(name="_fused_cross_entropy_backward")
-
-
 def _index_problem(dtype=torch.float64):
     torch.manual_seed(0)
     x = torch.randn(3, 5, dtype=dtype)
@@ -47,29 +44,87 @@ def test_first_order_forward_ad_matches_stock(problem) -> None:
 
 @pytest.mark.parametrize("problem", [_index_problem, _prob_problem], ids=["index", "prob"])
 @pytest.mark.parametrize("transform", ["jvp(grad)", "jacfwd(grad)", "hessian", "forward_ad+autograd.grad"])
-def test_forward_over_reverse_raises_not_implemented(problem, transform: str) -> None:
-    # _fused_cross_entropy_backward has no forward formula in derivatives.yaml:
-    # torchgen's kernel raises NotImplementedError; it used to return zeros
-    # (jvp(grad)) or die on an INTERNAL ASSERT (hessian).
+def test_forward_over_reverse_matches_stock(problem, transform: str) -> None:
+    # With GradMode on, the derivatives.yaml formula picks the differentiable
+    # backward, whose forward-mode derivative comes from its ATen ops (it used
+    # to raise NotImplementedError, and before that to return zeros).
     x, target, tangent = problem()
 
-    def f(x):
-        return oot.patched_cross_entropy(x, target)
+    def second_order(loss_fn):
+        def f(x):
+            return loss_fn(x, target, label_smoothing=0.1)
 
-    with pytest.raises(NotImplementedError) as error:
         if transform == "jvp(grad)":
-            torch.func.jvp(torch.func.grad(f), (x,), (tangent,))
-        elif transform == "jacfwd(grad)":
-            torch.func.jacfwd(torch.func.grad(f))(x)
-        elif transform == "hessian":
-            torch.func.hessian(f)(x)
-        else:
-            import torch.autograd.forward_ad as fwAD
+            return torch.func.jvp(torch.func.grad(f), (x,), (tangent,))[1]
+        if transform == "jacfwd(grad)":
+            return torch.func.jacfwd(torch.func.grad(f))(x)
+        if transform == "hessian":
+            return torch.func.hessian(f)(x)
+        import torch.autograd.forward_ad as fwAD
 
-            with fwAD.dual_level():
-                dual = fwAD.make_dual(x, tangent).requires_grad_()
-                (grad,) = torch.autograd.grad(f(dual), dual, create_graph=True)
-    assert str(error.value) == FORWARD_AD_MESSAGE
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, tangent).requires_grad_()
+            (grad,) = torch.autograd.grad(f(dual), dual, create_graph=True)
+            return fwAD.unpack_dual(grad).tangent
+
+    patched, stock = second_order(oot.patched_cross_entropy), second_order(F.cross_entropy)
+    assert stock.abs().max() > 1e-3  # a zero derivative would pass a weaker check
+    torch.testing.assert_close(patched, stock)
+
+
+def test_missing_forward_formula_raises_torchgens_error() -> None:
+    # No op of the series lacks a forward formula any more; the generated
+    # Function must still raise torchgen's error (never a silent zero
+    # tangent) when one does.  Drop the formula from a real entry.
+    import dataclasses
+
+    from patches import codegen
+
+    info = codegen.derivative_infos()["_fused_cross_entropy"]
+    _, function = autograd_gen.make_autograd_function(dataclasses.replace(info, forward_derivatives=[]))
+    x, target, tangent = _index_problem()
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), pytest.raises(NotImplementedError) as error:
+        function.apply(fwAD.make_dual(x, tangent), target, None, 1, -100, 0.0)
+    assert str(error.value) == autograd_gen.FORWARD_AD_NOT_IMPLEMENTED.format(name="_fused_cross_entropy")
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_grad_mode_selects_the_backward_as_torchgen_does(create_graph: bool, monkeypatch) -> None:
+    # "GradMode::is_enabled() ? differentiable : fused": the fused kernel only
+    # when the backward's own graph is not recorded.
+    called = []
+    for name in ("_fused_cross_entropy_backward", "_fused_cross_entropy_differentiable_backward"):
+        op = getattr(torch.ops.aten, name)
+        monkeypatch.setattr(torch.ops.aten, name, _Recording(op, name, called))
+    x, target, _ = _prob_problem()
+    x.requires_grad_()
+    loss = oot.patched_cross_entropy(x, target)
+    torch.autograd.grad(loss, x, create_graph=create_graph)
+    expected = "_fused_cross_entropy_differentiable_backward" if create_graph else "_fused_cross_entropy_backward"
+    assert called == [expected]
+
+
+class _Recording:
+    def __init__(self, op, name: str, calls: list) -> None:
+        self.op, self.name, self.calls = op, name, calls
+
+    def __call__(self, *args):
+        self.calls.append(self.name)
+        return self.op(*args)
+
+
+@pytest.mark.parametrize(
+    ("formula", "python"),
+    [
+        ("f(grad, self)", "f(grad, self)"),
+        ("GradMode::is_enabled() ? a(x) : b(x, y)", "(a(x)) if (grad_mode_is_enabled()) else (b(x, y))"),
+        ("c ? f(a ? b : c) : d", "(f(a ? b : c)) if (c) else (d)"),
+    ],
+)
+def test_cpp_conditionals_become_python(formula: str, python: str) -> None:
+    assert autograd_gen.to_python(formula) == python
 
 
 def test_forward_over_reverse_is_what_stock_computes_where_defined() -> None:
@@ -123,22 +178,22 @@ def test_not_implemented_formula_raises_not_implemented_error() -> None:
 
 
 @pytest.mark.parametrize("bad", [7, -5])
-def test_invalid_index_inside_vmap_grad_raises_itself(bad: int) -> None:
-    # The kernel's own IndexError must come out, not a SystemError from a
-    # Python kernel that lost the exception.
+def test_invalid_index_inside_vmap_grad_raises_like_stock(bad: int) -> None:
+    # Under vmap both run a composite (stock: functorch's nll_loss
+    # decomposition, the series: the CompositeImplicitAutograd form), whose
+    # gather / scatter rejects the index.  The error must come out as itself
+    # (not a SystemError from a Python kernel that lost the exception), of
+    # stock's type.
     torch.manual_seed(0)
     x = torch.randn(3, 4, 5)
     target = torch.zeros(3, 4, dtype=torch.long)
     target[1, 2] = bad
-
-    def f(x, t):
-        return oot.patched_cross_entropy(x, t)
-
-    with pytest.raises(IndexError, match=f"^Target {bad} is out of bounds.$"):
-        torch.func.vmap(torch.func.grad(f))(x, target)
-    # Stock raises an out-of-bounds error too (its vmap decomposition's gather).
-    with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
-        torch.func.vmap(torch.func.grad(lambda x, t: F.cross_entropy(x, t)))(x, target)
+    errors = []
+    for loss_fn in (oot.patched_cross_entropy, F.cross_entropy):
+        with pytest.raises((IndexError, RuntimeError), match="out of bounds") as error:
+            torch.func.vmap(torch.func.grad(lambda x, t: loss_fn(x, t)))(x, target)
+        errors.append(error.type)
+    assert errors[0] is errors[1]
 
 
 def test_vmap_decomposes_the_routing_like_aten_cross_entropy_loss() -> None:
