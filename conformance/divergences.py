@@ -88,11 +88,6 @@ _LP_LEAK = ("loss_parallel() installs its DTensor op handlers without try/finall
 _COMPILE_LP = ("the torch.compile'd F.cross_entropy, called inside loss_parallel() on a Shard(1) input after it ran on "
                "Replicate/Shard(0) DTensors, returns a silently wrong loss and input gradient (1.964 expected, 0.676); "
                "compiled first inside loss_parallel() it is right")
-_PATCH_DTENSOR = ("the series sends tensor subclasses, DTensor included, to aten::_fused_cross_entropy, which has no "
-                  "DTensor sharding strategy: NotImplementedError 'Operator aten._fused_cross_entropy.default does not "
-                  "have a sharding strategy registered.'; inside loss_parallel() the fused op bypasses its "
-                  "_log_softmax/nll_loss handlers: RuntimeError 'aten._fused_cross_entropy.default got mixed "
-                  "torch.Tensor and DTensor' (DistributedDataParallel, on plain tensors, passes)")
 _REFERENCE_DTENSOR = ("the reference's plain-op composite mixes plain tensors into DTensor ops: its default all-ones "
                       "class weight indexed by a DTensor target ('aten.index.Tensor got mixed torch.Tensor and DTensor'), "
                       "and inside loss_parallel() a mask built from the plain target ('aten.masked_fill.Scalar got mixed "
@@ -192,9 +187,6 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     Divergence("reference", "distributed:*:loss_parallel/shard1+shard1-target/prob/*", "CE-DIV-DTENSOR", _LP_PROB_GRAD),
     Divergence("reference", "distributed:*:loss_parallel/after-exception/replicate-outside/*", "CE-DIV-DTENSOR", _LP_LEAK),
     # ---- the patch series
-    Divergence("patch", "distributed:*:replicate/*", "CE-SYS-DTENSOR", _PATCH_DTENSOR),
-    Divergence("patch", "distributed:*:shard0*", "CE-SYS-DTENSOR", _PATCH_DTENSOR),
-    Divergence("patch", "distributed:*:loss_parallel/*", "CE-SYS-DTENSOR", _PATCH_DTENSOR),
     # ---- functorch and numerics families
     Divergence("torch", "functorch:*:vmap/in_dims=0/chunk_size=2/index/N,C=4x5/mean/weight+ignore1-some+smooth0.1",
                "CE-SYS-VMAP", _STOCK_VMAP_MASKED_SELECT),

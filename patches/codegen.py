@@ -36,6 +36,7 @@ from . import series, workspace
 NATIVE_YAML = "aten/src/ATen/native/native_functions.yaml"
 DERIVATIVES_YAML = "tools/autograd/derivatives.yaml"
 META_PY = "torch/_meta_registrations.py"
+AUTOCAST_H = "aten/src/ATen/autocast_mode.h"
 LOSS_NLL = "aten/src/ATen/native/LossNLL.cpp"
 ROUTING_NAMESPACE = "fused_ce_oot"
 # Upstream (v2.13 autocast_mode.cpp) policy for aten::cross_entropy_loss, per
@@ -155,6 +156,22 @@ def autocast_policies() -> dict[str, tuple[str, str]]:
             "patches/codegen.py does not mirror; add their policy to AUTOCAST_POLICIES"
         )
     return {key: AUTOCAST_POLICIES[key] for key in sorted(installed)}
+
+
+def autocast_fp32_ops(new_names: set[str]) -> list[str]:
+    """New ops the series lists in AT_FORALL_FP32 (autocast_mode.h).
+
+    In-tree that list becomes KERNEL_CUDA(op, fp32) (and the same for the
+    other device autocast keys that expand it); out of tree the generated
+    registration gives those ops the fp32 policy on AutocastCUDA.
+    """
+    if AUTOCAST_H not in series.touched_paths():
+        return []
+    text = patched_text(AUTOCAST_H)
+    start = text.index("#define AT_FORALL_FP32(_)")
+    block = text[start:text.index("\n\n", start)]
+    listed = re.findall(r"_\(([A-Za-z0-9_]+)\)", block)
+    return [name for name in listed if name in new_names]
 
 
 def _header(lines: list[str]) -> str:
@@ -323,6 +340,19 @@ def generate(directory: Path, backends: set[str]) -> list[Path]:
                 "}",
             ]
         operators.append("")
+    fp32_ops = autocast_fp32_ops({str(f.func.name.name) for f in functions})
+    if fp32_ops:
+        # KERNEL_CUDA(op, fp32) as autocast_mode.cpp expands AT_FORALL_FP32.
+        operators.append("TORCH_LIBRARY_IMPL(aten, AutocastCUDA, m) {")
+        for name in fp32_ops:
+            operators += [
+                f'  m.impl("{name}",',
+                "         &at::autocast::WrapFunction<",
+                "             at::autocast::CastPolicy::fp32, c10::DeviceType::CUDA,",
+                f"             decltype(at::_ops::{name}::call), decltype(at::_ops::{name}::call),",
+                f"             &at::_ops::{name}::call>::type::call);",
+            ]
+        operators += ["}", ""]
     registration = directory / "FusedCrossEntropyRegistration.cpp"
     registration.write_text("\n".join(operators))
     return [registration]

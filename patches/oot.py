@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import autograd_gen, build, codegen
+from . import autograd_gen, build, codegen, python_files
 
 _LOCK = threading.Lock()
 _LOADED = False
@@ -68,6 +68,7 @@ def load() -> None:
         _STATE["library"] = library
         _STATE["autograd"] = autograd_gen.register(library, codegen.derivative_infos())
         _STATE["meta"] = _register_meta(library)
+        _STATE["python"] = python_files.apply()
         _STATE["cuda"] = build.cuda_wanted()
         _LOADED = True
 

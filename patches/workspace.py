@@ -42,6 +42,9 @@ def wheel_source(upstream_path: str) -> Path | None:
         return torchgen_dir / "packaged/autograd" / upstream_path[len("tools/autograd/") :]
     if upstream_path.startswith("torch/") and upstream_path.endswith(".py"):
         return torch_dir / upstream_path[len("torch/") :]
+    if upstream_path.startswith("aten/src/ATen/") and upstream_path.endswith(".h"):
+        # The wheel ships ATen's headers verbatim under torch/include.
+        return torch_dir / "include/ATen" / upstream_path[len("aten/src/ATen/") :]
     return None
 
 
