@@ -136,8 +136,6 @@ _PATCH_NUMERICS_IDS = (
     "float16:prob/N,C,d1,d2=4x100x4x4/none/confident-hit/grad",
 )
 
-_PATCH_EXPORT_CORE = ("aten::_fused_cross_entropy has no decomposition and no torch.Tag.core tag: it survives "
-                      "ExportedProgram.run_decompositions(), so core-opset backends cannot run the exported loss")
 _COMPILE_FAKE = ("torch.compile's guards do not tell FakeTensors from real CPU tensors: after a real call, a call "
                  "under FakeTensorMode runs the compiled Inductor kernel on null data pointers (SIGSEGV)")
 _COMPILE_MODE = ("torch.compile does not trace under a non-infra TorchDispatchMode; with fullgraph=True it raises "
@@ -195,7 +193,6 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     Divergence("compile", "numerics:float32:prob/N,C=64x1000/mean/offset1000/loss", "CE-SYS-NUMERICS", _COMPILE_NUMERICS),
     *(Divergence("patch", f"numerics:{case_id}", "CE-SYS-NUMERICS", _PATCH_NUMERICS) for case_id in _PATCH_NUMERICS_IDS),
     # ---- export, dynamo, subclasses and robustness families
-    Divergence("patch", "export:*:core-ops/*", "CE-SYS-EXPORT", _PATCH_EXPORT_CORE),
     Divergence("compile", "subclasses:*:fake/*", "CE-SYS-SUBCLASS", _COMPILE_FAKE),
     Divergence("compile", "subclasses:float32:dispatch-mode/*", "CE-SYS-SUBCLASS", _COMPILE_MODE),
     Divergence("compile", "subclasses:any:sparse-coo/*", "CE-SYS-SUBCLASS", _COMPILE_LAYOUT),

@@ -153,9 +153,15 @@ def tooling_fingerprint() -> dict:
     }
 
 
+# Upstream files whose hunks the build compiles (through codegen); new files
+# count when they are sources or headers.
+COMPILED_PATHS = (codegen.NATIVE_YAML, codegen.LOSS_NLL, codegen.AUTOCAST_H)
+COMPILED_SUFFIXES = (".cpp", ".h", ".cu", ".cuh")
+
+
 def build_key() -> str:
-    """Cache key: the series hash and the tooling fingerprint."""
-    digest = hashlib.sha256(series.content_hash().encode())
+    """Cache key: what the build compiles from the series, and the tooling fingerprint."""
+    digest = hashlib.sha256(series.build_inputs_hash(COMPILED_PATHS, COMPILED_SUFFIXES).encode())
     digest.update(json.dumps(tooling_fingerprint(), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

@@ -4,7 +4,9 @@ Each check prints one PASS/FAIL line with the reason, so a CI log says which
 property of the series broke:
 
 1. BASE and series are well formed and every patch is format-patch output
-   (From/Date/Subject headers, at least one diff).
+   (From/Date/Subject headers, at least one diff); the ``[PATCH n/N]``
+   subjects follow the series order; the cover letter, if present, is a
+   ``[PATCH 0/N]`` mail without a diff that names every patch by subject.
 2. The series is valid ``git am`` input: it applies, in order, to a workspace
    holding the base copies of the touched files.
 3. Hunks on files shipped in the torch wheel (``native_functions.yaml`` and
@@ -51,6 +53,49 @@ def check_format() -> str:
         if len(message.split("\n\n", 1)[-1].strip()) < 80:
             raise AssertionError(f"{path.name}: the commit message does not explain the change")
     return f"{len(files)} patches against {base[:12]}"
+
+
+def check_numbering() -> str:
+    files = series.series_files()
+    letter = series.cover_letter()
+    expected = [(path, index) for index, path in enumerate(files, start=1)]
+    if letter is not None:
+        expected.insert(0, (letter, 0))
+    wrong = []
+    for path, index in expected:
+        number, total, _ = series.subject(path)
+        if (number, total) != (index, len(files)):
+            wrong.append(f"{path.name} says [PATCH {number}/{total}]")
+    if wrong:
+        raise AssertionError(
+            f"patches/series holds {len(files)} patches, but " + "; ".join(wrong)
+            + " (fix: python -c 'from patches import series; series.renumber()')"
+        )
+    return f"[PATCH n/{len(files)}] in series order" + (", cover letter 0/" + str(len(files)) if letter else "")
+
+
+def check_cover_letter() -> str:
+    letter = series.cover_letter()
+    if letter is None:
+        return f"no {series.COVER_LETTER}"
+    lines = letter.read_text().splitlines()
+    for pattern in _HEADER_LINES:
+        if not any(pattern.match(line) for line in lines[:12]):
+            raise AssertionError(f"{letter.name}: missing format-patch header matching {pattern.pattern!r}")
+    if any(line.startswith("diff --git ") for line in lines) or series.parse_patch(letter):
+        raise AssertionError(f"{letter.name}: a cover letter carries no diff")
+    # git mailinfo starts the patch at the first line beginning with "---": after such a line
+    # (a Markdown heading underline, say) `git am --empty=drop` no longer sees an empty mail.
+    dashes = [number for number, line in enumerate(lines, start=1) if line.startswith("---")]
+    if dashes:
+        raise AssertionError(f"{letter.name}: line {dashes[0]} starts with '---', which git am reads as a diff")
+    # Every patch must be introduced: its title (whitespace-normalised) appears in the letter.
+    text = " ".join(letter.read_text().split())
+    missing = [path.name for path in series.series_files()
+               if " ".join(series.subject(path)[2].split()) not in text]
+    if missing:
+        raise AssertionError(f"{letter.name} does not name the patches {', '.join(missing)} by their subjects")
+    return f"{letter.name} introduces all {len(series.series_files())} patches"
 
 
 def check_git_am() -> str:
@@ -144,6 +189,8 @@ def check_build() -> str:
 def run_checks(build: bool = True) -> int:
     checks: list[tuple[str, Callable[[], str]]] = [
         ("series format", check_format),
+        ("numbering", check_numbering),
+        ("cover letter", check_cover_letter),
         ("git am", check_git_am),
         ("wheel hunks", check_wheel_hunks),
         ("torchgen", check_torchgen),

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import autograd_gen, build, codegen, python_files
+from . import autograd_gen, build, codegen, python_files, python_hunks
 
 _LOCK = threading.Lock()
 _LOADED = False
@@ -45,12 +45,19 @@ def _register_meta(library: torch.library.Library) -> list[str]:
     exec(compile(codegen.meta_source(), "<series: torch/_meta_registrations.py>", "exec"), namespace)
     names = []
     for op, fn in collected:
-        # As activate_meta() does in-tree: the Python dispatcher always gets
-        # the meta function; the C++ Meta key only when the op has no
-        # CompositeImplicitAutograd kernel (otherwise Meta runs that kernel).
+        # As register_meta() and activate_meta() do in-tree: the function goes
+        # into meta_table (FakeTensor prefers it to a decomposition), the Python
+        # dispatcher and the Meta key; an op with a CompositeImplicitAutograd
+        # kernel must not have one (import torch would raise), its Meta runs
+        # that kernel.
+        if torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd"):
+            raise RuntimeError(
+                f"{op} is a CompositeImplicitAutograd op, we shouldn't register meta function for it. "
+                "Instead, we should let the decomposition run and write meta kernels for the base operators."
+            )
+        torch._decomp.meta_table[op] = fn
         op.py_impl(torch._C.DispatchKey.Meta)(fn)
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd"):
-            library.impl(op, fn, "Meta")
+        library.impl(op, fn, "Meta")
         names.append(str(op))
     return names
 
@@ -68,7 +75,7 @@ def load() -> None:
         _STATE["library"] = library
         _STATE["autograd"] = autograd_gen.register(library, codegen.derivative_infos())
         _STATE["meta"] = _register_meta(library)
-        _STATE["python"] = python_files.apply()
+        _STATE["python"] = python_hunks.apply() + python_files.apply()
         _STATE["cuda"] = build.cuda_wanted()
         _LOADED = True
 

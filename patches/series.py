@@ -75,8 +75,16 @@ def base_commit() -> str:
     return text[0]
 
 
+# The ``git format-patch --cover-letter`` mail ("[PATCH 0/N]"): it sits beside the
+# patches and is never listed in ``patches/series``, because ``series`` is exactly the
+# ``git am`` input and ``git am`` stops at a mail without a diff ("Patch is empty").
+COVER_LETTER = "0000-cover-letter.patch"
+
+_SUBJECT = re.compile(r"^Subject: \[PATCH (\d+)/(\d+)\] (.*)$")
+
+
 def series_files() -> list[Path]:
-    """The patch files, in the order of ``patches/series``."""
+    """The patch files, in the order of ``patches/series`` (never the cover letter)."""
     series = PATCHES_DIR / "series"
     if not series.exists():
         raise SeriesError("patches/series is missing")
@@ -85,16 +93,67 @@ def series_files() -> list[Path]:
         for line in series.read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
+    if COVER_LETTER in names:
+        raise SeriesError(
+            f"patches/series must not list {COVER_LETTER}: git am stops at a mail without a diff"
+        )
     paths = [PATCHES_DIR / name for name in names]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise SeriesError(f"patches/series lists missing files: {', '.join(missing)}")
     unlisted = sorted(
-        p.name for p in PATCHES_DIR.glob("*.patch") if p.name not in set(names)
+        p.name for p in PATCHES_DIR.glob("*.patch") if p.name not in {*names, COVER_LETTER}
     )
     if unlisted:
         raise SeriesError(f"patch files not listed in patches/series: {', '.join(unlisted)}")
     return paths
+
+
+def cover_letter() -> Path | None:
+    """The series' cover letter (``patches/0000-cover-letter.patch``), if there is one."""
+    path = PATCHES_DIR / COVER_LETTER
+    return path if path.exists() else None
+
+
+def subject(path: Path) -> tuple[int, int, str]:
+    """A format-patch mail's ``[PATCH n/m] title``: (n, m, title with folded lines joined)."""
+    lines = path.read_text().split("\n")
+    for index, line in enumerate(lines):
+        match = _SUBJECT.match(line)
+        if match:
+            title = [match.group(3)]
+            # RFC 2822 folding: continuation lines of a header start with whitespace.
+            for continuation in lines[index + 1 :]:
+                if not continuation[:1].isspace() or not continuation.strip():
+                    break
+                title.append(continuation.strip())
+            return int(match.group(1)), int(match.group(2)), " ".join(title)
+    raise SeriesError(f"{path.name}: no 'Subject: [PATCH n/m] ...' header")
+
+
+def renumber() -> list[Path]:
+    """Rewrite every ``[PATCH n/m]`` to the series order: patch i of N, cover letter 0 of N.
+
+    Why: the series is assembled from patches written separately (and ``git format-patch``
+    numbers only what one run produced), so after adding or reordering patches the subjects
+    disagree with ``patches/series``; ``python -m patches check`` reports that, this fixes it.
+    Only the ``Subject:`` line changes, so diffs and blob ids stay valid.
+    Returns the files that changed.
+    """
+    files = series_files()
+    numbered = [(path, index) for index, path in enumerate(files, start=1)]
+    letter = cover_letter()
+    if letter is not None:
+        numbered.insert(0, (letter, 0))
+    changed = []
+    for path, number in numbered:
+        text = path.read_text()
+        new_text = re.sub(r"(?m)^Subject: \[PATCH \d+/\d+\]",
+                          f"Subject: [PATCH {number}/{len(files)}]", text, count=1)
+        if new_text != text:
+            path.write_text(new_text)
+            changed.append(path)
+    return changed
 
 
 def _strip_email_footer(lines: list[str]) -> list[str]:
@@ -221,6 +280,23 @@ def content_hash() -> str:
     for path in series_files():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_inputs_hash(compiled_paths: tuple[str, ...], compiled_suffixes: tuple[str, ...]) -> str:
+    """Hash of what the out-of-tree build compiles: BASE, the new files with one of
+    ``compiled_suffixes`` and every diff of ``compiled_paths`` (files codegen reads).
+
+    Why: a docs, test or Python-only patch must not invalidate a build that takes
+    minutes; Python additions are loaded at import time, not compiled.
+    """
+    digest = hashlib.sha256()
+    digest.update(base_commit().encode())
+    for diff in all_diffs():
+        if diff.path in compiled_paths or (diff.is_new and diff.path.endswith(compiled_suffixes)):
+            digest.update(diff.path.encode())
+            for hunk in diff.hunks:
+                digest.update("\n".join(hunk.lines).encode())
     return digest.hexdigest()[:16]
 
 

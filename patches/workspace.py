@@ -186,7 +186,8 @@ def export(directory: Path, force: bool = False) -> list[Path]:
         )
         produced = sorted(Path(tmp).glob("*.patch"))
         for stale in series.PATCHES_DIR.glob("*.patch"):
-            stale.unlink()
+            if stale.name != series.COVER_LETTER:  # not a commit: format-patch does not rewrite it
+                stale.unlink()
         written: list[Path] = []
         for path in produced:
             target = series.PATCHES_DIR / path.name
