@@ -23,8 +23,14 @@ matters for Windows DLL exports, so the compile then defines
 without that file.  No cuBLAS/cuSPARSE headers are needed: the kernels do not
 include ``ATen/cuda/CUDAContext.h``.
 
-Exit status: 0 when every source compiled, 1 when one failed (its nvcc output
-is printed), 2 when there is nothing to compile or no nvcc.
+ptxas runs verbose (``-Xptxas -v``): its report of every kernel (registers,
+shared memory, stack frame, spill stores and loads, per architecture) is
+parsed and printed as a table, and a kernel that spills fails the check: a
+spill is local-memory traffic in the inner loop of a bandwidth-bound kernel.
+
+Exit status: 0 when every source compiled without spills, 1 when one failed
+(its nvcc output is printed) or a kernel spills, 2 when there is nothing to
+compile or no nvcc.
 """
 
 from __future__ import annotations
@@ -48,6 +54,23 @@ NVCC_CANDIDATES = ("/usr/local/cuda-13.0/bin/nvcc", "/usr/local/cuda/bin/nvcc")
 
 
 @dataclasses.dataclass
+class KernelUsage:
+    """ptxas's resource report for one function compiled for one architecture."""
+
+    name: str  # mangled
+    arch: str  # e.g. "sm_90"
+    registers: int = 0
+    shared_bytes: int = 0
+    stack_bytes: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_stores > 0 or self.spill_loads > 0
+
+
+@dataclasses.dataclass
 class CompileResult:
     """The outcome of compiling one source for the requested architectures."""
 
@@ -56,6 +79,100 @@ class CompileResult:
     seconds: float
     output: str
     object_bytes: int
+    kernels: list[KernelUsage] = dataclasses.field(default_factory=list)
+
+
+_COMPILING = re.compile(r"ptxas info\s*: Compiling (?:entry )?function '(?P<name>[^']+)' for '(?P<arch>sm_\w+)'")
+_PROPERTIES = re.compile(r"ptxas info\s*: Function properties for (?P<name>\S+)")
+_FRAME = re.compile(
+    r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads")
+_USED = re.compile(r"ptxas info\s*: Used (?P<registers>\d+) registers")
+_SMEM = re.compile(r"(?P<smem>\d+) bytes smem")
+
+
+def parse_ptxas_report(text: str) -> list[KernelUsage]:
+    """The per-function resource lines of ``ptxas -v`` output, in order of appearance.
+
+    ptxas reports each function it compiles as a "Compiling entry function
+    'NAME' for 'sm_XX'" line, then "Function properties for NAME" followed by
+    the stack frame and spill line, then (for kernels) a "Used N registers,
+    ..., M bytes smem, ..." line.  A non-inlined device function called by a
+    kernel gets its own "Function properties" block inside the kernel's
+    section; it is reported (its spills count too) under the kernel's arch.
+    Other lines (nvcc, compiler warnings, timings) are ignored.
+    """
+    found: list[KernelUsage] = []
+    by_key: dict[tuple[str, str], KernelUsage] = {}
+    arch = ""
+    current: KernelUsage | None = None  # the function whose lines follow
+
+    def usage(name: str) -> KernelUsage:
+        key = (name, arch)
+        if key not in by_key:
+            by_key[key] = KernelUsage(name, arch)
+            found.append(by_key[key])
+        return by_key[key]
+
+    for line in text.splitlines():
+        if match := _COMPILING.search(line):
+            arch = match["arch"]
+            current = usage(match["name"])
+        elif match := _PROPERTIES.search(line):
+            current = usage(match["name"])
+        elif (match := _FRAME.search(line)) and current is not None:
+            current.stack_bytes = int(match["stack"])
+            current.spill_stores = int(match["stores"])
+            current.spill_loads = int(match["loads"])
+        elif (match := _USED.search(line)) and current is not None:
+            current.registers = int(match["registers"])
+            smem = _SMEM.search(line)
+            current.shared_bytes = int(smem["smem"]) if smem else 0
+    return found
+
+
+def demangle(names: list[str]) -> dict[str, str]:
+    """Readable short names (``kernel<args>``, no namespaces or parameters); mangled ones without c++filt."""
+    readable = dict(zip(names, names))
+    cxxfilt = shutil.which("c++filt")
+    if not names or cxxfilt is None:
+        return readable
+    proc = subprocess.run([cxxfilt], input="\n".join(names), stdout=subprocess.PIPE, text=True)
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(lines) != len(names):
+        return readable
+    for name, line in zip(names, lines):
+        # "void ns::(anonymous namespace)::kernel<T, ...>(params)" -> "kernel<T, ...>"
+        line = re.sub(r"^void ", "", line)
+        depth, cut = 0, len(line)
+        for i, char in enumerate(line):  # the parameter list: the last top-level "(...)"
+            if char == "<":
+                depth += 1
+            elif char == ">":
+                depth -= 1
+            elif char == "(" and depth == 0 and not line.startswith("(anonymous", i):
+                cut = i
+        short = line[:cut]
+        short = re.sub(r"^.*?::(?=[A-Za-z_]\w*(<|$))", "", short.replace("(anonymous namespace)::", ""))
+        readable[name] = short or line
+    return readable
+
+
+def usage_table(kernels: list[KernelUsage]) -> str:
+    """A fixed-width table of the kernels' resource usage, one row per kernel and arch."""
+    names = demangle(sorted({k.name for k in kernels}))
+    header = ("kernel", "arch", "regs", "smem B", "stack B", "spill st B", "spill ld B")
+    rows = [header] + [
+        (names[k.name], k.arch, str(k.registers), str(k.shared_bytes), str(k.stack_bytes),
+         str(k.spill_stores), str(k.spill_loads))
+        for k in sorted(kernels, key=lambda k: (names[k.name], k.arch))
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def find_nvcc(explicit: str | None = None) -> Path | None:
@@ -114,6 +231,9 @@ def nvcc_command(nvcc: Path, source: Path, output: Path, include_dirs: list[Path
         # Our own code must be warning free; torch's headers are system headers.
         "-Werror",
         "all-warnings",
+        # Resource usage of every kernel, parsed by parse_ptxas_report.
+        "-Xptxas",
+        "-v",
         *[f"-I{path}" for path in include_dirs],
     ]
     for path in torch_include:
@@ -189,7 +309,8 @@ def compile_source(nvcc: Path, upstream_path: str, source: Path, include_dirs: l
             ok = False
             log += "\nsymbol check: " + problem
     seconds = time.monotonic() - start
-    return CompileResult(upstream_path, ok, seconds, log, output.stat().st_size if ok else 0)
+    return CompileResult(upstream_path, ok, seconds, log, output.stat().st_size if ok else 0,
+                         parse_ptxas_report(proc.stdout))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -236,16 +357,33 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
 
+    return report(results, archs, time.monotonic() - started, args.verbose)
+
+
+def report(results: list[CompileResult], archs: list[str], seconds: float, verbose: bool = False) -> int:
+    """Prints each source's outcome and its kernels' resource table; the exit status (1: a failure or a spill)."""
     failed = [r for r in results if not r.ok]
+    spilling = [k for r in results for k in r.kernels if k.spills]
     for result in results:
         status = "ok" if result.ok else "FAILED"
         print(f"{status:6} {result.source}  ({result.seconds:.1f} s, object {result.object_bytes} bytes)")
-        if args.verbose or not result.ok:
+        if verbose or not result.ok:
             print(result.output)
-    total = time.monotonic() - started
+        if result.kernels:
+            print(usage_table(result.kernels))
+        elif result.ok:
+            # Without the report the spill check would pass vacuously.
+            failed.append(result)
+            print("no ptxas resource report found in the nvcc output")
     print(f"compiled {len(results) - len(failed)}/{len(results)} CUDA sources for "
-          f"{', '.join('sm_' + a for a in archs)} in {total:.1f} s")
-    return 1 if failed else 0
+          f"{', '.join('sm_' + a for a in archs)} in {seconds:.1f} s")
+    if spilling:
+        names = demangle(sorted({k.name for k in spilling}))
+        print(f"{len(spilling)} kernel(s) spill registers to local memory:")
+        for kernel in spilling:
+            print(f"  {names[kernel.name]} ({kernel.arch}): {kernel.spill_stores} bytes stored, "
+                  f"{kernel.spill_loads} bytes loaded")
+    return 1 if failed or spilling else 0
 
 
 if __name__ == "__main__":

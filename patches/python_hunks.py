@@ -31,6 +31,13 @@ import torch
 from . import series, workspace
 
 HANDLED_ELSEWHERE = ("torch/_meta_registrations.py",)  # oot._register_meta
+# Existing modules patches/python_files.py reruns with the series' edits.
+RERUN_PREFIX = "torch/distributed/"
+# Hunks that change no code the out-of-tree build runs: documentation (checked:
+# the module's code, docstrings removed, is unchanged) and the OpInfo samples,
+# which patches/tests/test_opinfo_samples.py reads from the patched text.
+DOCSTRINGS_ONLY = ("torch/nn/functional.py", "torch/nn/modules/loss.py")
+TEST_ONLY = ("torch/testing/_internal/common_methods_invocations.py",)
 
 DECOMPOSITIONS = "torch/_decomp/decompositions.py"
 DECOMP_INIT = "torch/_decomp/__init__.py"
@@ -242,10 +249,35 @@ def _after_import(name: str, callback: Callable) -> None:
         sys.meta_path.insert(0, _HOOK)
 
 
+def _code_without_docstrings(source: str) -> str:
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body[0].value.value = ""
+    return ast.dump(tree)
+
+
+def check_docstrings_only(path: str) -> None:
+    """Raise unless the series changes only docstrings of ``path``."""
+    from . import codegen
+
+    base = workspace.wheel_source(path).read_text()
+    if _code_without_docstrings(base) != _code_without_docstrings(codegen.patched_text(path)):
+        raise PythonHunkError(f"the series changes code in {path}, not only docstrings; "
+                              "patches/python_hunks.py has no handler for it")
+
+
 def touched_python_files() -> list[str]:
-    """Upstream torch/*.py files the series adds lines to, except those handled elsewhere."""
+    """Upstream torch/*.py files the series adds lines to, except those handled elsewhere
+    or that need nothing out of tree (docstrings, OpInfo samples)."""
+    skipped = (*HANDLED_ELSEWHERE, *DOCSTRINGS_ONLY, *TEST_ONLY)
     return [path for path in series.touched_paths()
-            if path.startswith("torch/") and path.endswith(".py") and path not in HANDLED_ELSEWHERE]
+            if path.startswith("torch/") and path.endswith(".py") and path not in skipped
+            and not path.startswith(RERUN_PREFIX)]
 
 
 def apply() -> list[str]:
@@ -254,6 +286,9 @@ def apply() -> list[str]:
     with _LOCK:
         if _APPLIED is not None:
             return list(_APPLIED)
+        for path in DOCSTRINGS_ONLY:
+            if path in series.touched_paths():
+                check_docstrings_only(path)
         plan = []
         for path in touched_python_files():
             handler = HANDLERS.get(path)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .. import series
+from ..cuda_compile_check import find_nvcc
 
 CUDA_SOURCE = "aten/src/ATen/native/cuda/FusedCrossEntropy.cu"
 HERE = Path(__file__).resolve().parent
@@ -35,12 +36,27 @@ def kernel_section(source: str) -> str:
     return section.replace(GRID_CAP, EMULATED_GRID_CAP)
 
 
+def cuda_include_dirs(nvcc: Path) -> list[Path]:
+    """The toolkit's include directories: MemoryAccess.cuh includes thrust (under cccl/ since CUDA 13)."""
+    include = nvcc.resolve().parent.parent / "include"
+    return [path for path in (include, include / "cccl") if path.is_dir()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m patches.cuda_emulation", description=__doc__)
     parser.add_argument("--keep", metavar="DIR", help="build in DIR and keep it")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the emulated run may take")
+    parser.add_argument("--nvcc", help="nvcc of the CUDA toolkit whose headers to use (default: as cuda_compile_check)")
     args = parser.parse_args(argv)
     from torch.utils.cpp_extension import include_paths
+
+    # Only the toolkit's headers are used (prelude.h includes the ATen device
+    # headers the kernels build on, and they include thrust); nothing is
+    # compiled with nvcc.
+    nvcc = find_nvcc(args.nvcc)
+    if nvcc is None:
+        print("cuda_emulation: no CUDA toolkit found (set CUDA_HOME or --nvcc)", file=sys.stderr)
+        return 2
 
     sources = series.new_files()
     if CUDA_SOURCE not in sources:
@@ -51,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     (work / "kernels.inc").write_text(kernel_section(sources[CUDA_SOURCE]))
     binary = work / "harness"
     command = [os.environ.get("CXX", "c++"), "-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas",
-               f"-I{work}", f"-I{HERE}", str(HERE / "harness.cpp"), "-o", str(binary),
-               *[arg for path in include_paths() for arg in ("-isystem", path)]]
+               f"-I{work}", f"-I{HERE}", f"-I{HERE / 'shim'}", str(HERE / "harness.cpp"), "-o", str(binary),
+               *[arg for path in include_paths() for arg in ("-isystem", path)],
+               # After torch's: the toolkit's own copy of cuda_fp16.h etc. must not shadow anything.
+               *[arg for path in cuda_include_dirs(nvcc) for arg in ("-isystem", str(path))]]
     start = time.monotonic()
     build = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     print(f"compiled the emulated kernels in {time.monotonic() - start:.1f} s")

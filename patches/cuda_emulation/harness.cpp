@@ -8,6 +8,12 @@
 // tail), mismatched target alignment (scalar path), every reduction, weight,
 // label smoothing, ignore_index, -inf logits with zero targets, and four dtypes;
 // the grid cap is lowered (see __main__.py) so grid-stride loops run too.
+//
+// Large logits (an offset of 30, 60 or 1000 on every logit) and confident rows
+// (one class 20..40 above the rest, the target or another) are graded
+// strictly, element by element, against first-order rounding-error bounds
+// (see Bounds): these are the inputs where a log-sum-exp saved in the input's
+// precision loses digits that every softmax term of the backward inherits.
 #include "prelude.h"
 
 namespace at::native {
@@ -15,6 +21,8 @@ namespace {
 #include "kernels.inc"
 } // namespace
 } // namespace at::native
+
+#include <c10/util/BFloat16-math.h>
 
 #include <cstdio>
 #include <random>
@@ -32,11 +40,53 @@ struct Case {
   bool target_misaligned;  // probability target shifted against the input
   bool ignored;   // some class-index targets equal ignore_index
   bool neg_inf;   // -inf logits where the probability target is 0 (no smoothing)
+  double offset = 0;       // added to every logit
+  bool confident = false;  // one class per position raised 20..40 above the rest
+  bool hit = true;         // confident: the raised class is the target (class indices)
+
+  bool strict() const { return offset != 0 || confident; }
+};
+
+// Error bounds of the strict cases, first order in the unit roundoffs u (of
+// the accumulation type, of the saved log-sum-exp, of the output).  With
+// p_c = exp(x_c - lse), m the row maximum, A = sum_c a_c the total loss
+// coefficient and n = C + 4 a generous count of sequential roundings:
+//  * lse: every term exp(x_c - m) carries (|x_c - m| + 4) u relative error
+//    (argument rounding, exp within 2 ulp) and the sum n u more, so log(sum)
+//    is off by at most u (S1 + n) with S1 = sum_c p_c |x_c - m|; the saved
+//    value adds its own rounding u_lse |lse|.
+//  * grad_input g (A p_c - a_c): p_c inherits the lse error plus the
+//    rounding of its argument, 2 u |x_c - lse| (x - hi, then - lo), and
+//    exp's, A (summed over the classes) n u, g and the products a few u.
+//  * grad_target g (1 - eps) w_c (lse - x_c): the lse error plus a few
+//    roundings of |lse - x_c|.
+//  * loss: A times the log(sum) error, n u of the accumulated
+//    sum_c a_c (x_c - m) and A log(sum), a few u of the result.
+// Every bound also allows the rounding of the stored value: u_out |ref|, or
+// half a subnormal step (out_step) where the output type's subnormals hold
+// it (Half gradients of a few 1e-6).
+// A float lse of a row with logits near 1000 is off by up to 2^-15 ~ 512 u,
+// far outside these bounds; float64 references are exact enough for float,
+// Half and BFloat16 inputs (the strict cases use no double input).
+struct Bounds {
+  double u_acc, u_lse, u_out, out_step;
 };
 
 static int failures = 0;  // mismatching values
 static int cases_passed = 0;
 static int cases_failed = 0;
+
+static void check_abs(const Case& cs, const char* what, double got, double ref, double bound) {
+  const double err = std::abs(got - ref);
+  const bool ok = (std::isnan(ref) && std::isnan(got)) || (std::isinf(ref) && got == ref) || err <= bound;
+  if (!ok) {
+    ++failures;
+    if (failures < 40) {
+      std::printf("MISMATCH %s %s: got %.12g ref %.12g (|err| %.3g > bound %.3g)\n", cs.name.c_str(), what, got,
+                  ref, err, bound);
+    }
+  }
+}
 
 static void check(const Case& cs, const char* what, double got, double ref, double scale, double tol) {
   const double err = std::abs(got - ref) / std::max(scale, 1e-30);
@@ -52,6 +102,14 @@ static void check(const Case& cs, const char* what, double got, double ref, doub
 template <typename scalar_t, bool kProb>
 void run(const Case& cs, double tol) {
   using acc_t = at::opmath_type<scalar_t>;
+  using lse_t = lse_type<scalar_t>;
+  // The bounds take the saved type from the contract, not from the kernel.
+  using contract_lse_t = std::conditional_t<c10::is_reduced_floating_point_v<scalar_t>, float, double>;
+  static_assert(std::is_same_v<lse_t, contract_lse_t>,
+                "log_sum_exp must be saved as fused_cross_entropy_lse_dtype says");
+  const Bounds u{std::numeric_limits<acc_t>::epsilon() / 2, std::numeric_limits<contract_lse_t>::epsilon() / 2,
+                 static_cast<double>(std::numeric_limits<scalar_t>::epsilon()) / 2,
+                 static_cast<double>(std::numeric_limits<scalar_t>::denorm_min()) / 2};
   constexpr int kVec = std::max<int>(1, 16 / sizeof(scalar_t));
   std::mt19937 rng(1234);
   std::normal_distribution<double> normal(0.0, 2.0);
@@ -67,7 +125,7 @@ void run(const Case& cs, double tol) {
   scalar_t* gt = gtb.data() + m + (cs.target_misaligned ? 1 : 0);
   std::vector<int64_t> y(P);
   std::vector<scalar_t> w(C);
-  for (int64_t i = 0; i < numel; ++i) x[i] = static_cast<scalar_t>(normal(rng));
+  for (int64_t i = 0; i < numel; ++i) x[i] = static_cast<scalar_t>(normal(rng) + cs.offset);
   for (auto& v : w) v = static_cast<scalar_t>(uniform(rng));
   if (kProb) {
     for (int64_t p = 0; p < P; ++p) {
@@ -89,6 +147,16 @@ void run(const Case& cs, double tol) {
     // ignore_index (2) is a valid class too when C > 2: such targets are ignored.
     for (int64_t p = 0; p < P; ++p) y[p] = (cs.ignored && p % 4 == 1) ? ignore_index : cls(rng);
   }
+  if (cs.confident) {
+    std::mt19937 lift_rng(99);
+    std::uniform_real_distribution<double> lift(20.0, 40.0);
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t target = kProb || y[p] == ignore_index ? p % C : y[p];
+      const int64_t raised = cs.hit ? target : (target + 1) % C;
+      scalar_t& v = x[(p / S) * C * S + raised * S + p % S];
+      v = static_cast<scalar_t>(static_cast<double>(v) + lift(lift_rng));
+    }
+  }
   CrossEntropyArgs<scalar_t, acc_t> args{};
   args.input = x;
   args.target_index = kProb ? nullptr : y.data();
@@ -99,10 +167,14 @@ void run(const Case& cs, double tol) {
   args.inner = S;
   args.ignore_index = ignore_index;
   args.smoothing = static_cast<acc_t>(cs.smoothing);
+  args.spread = args.smoothing / static_cast<acc_t>(C);  // as make_args does
 
   // ---- reference in double
   const double eps = cs.smoothing;
   std::vector<double> ref_lse(P), ref_loss(P), ref_w(P), ref_A(P);
+  // For the strict bounds: the row maximum, S1 = sum_c p_c |x_c - max| and
+  // D = sum_c a_c |x_c - max| (see Bounds).
+  std::vector<double> ref_max(P), ref_S1(P), ref_D(P);
   auto X = [&](int64_t p, int64_t c) { return static_cast<double>(x[(p / S) * C * S + c * S + p % S]); };
   auto Tt = [&](int64_t p, int64_t c) { return static_cast<double>(t[(p / S) * C * S + c * S + p % S]); };
   auto W = [&](int64_t c) { return cs.weight ? static_cast<double>(w[c]) : 1.0; };
@@ -115,11 +187,18 @@ void run(const Case& cs, double tol) {
     for (int64_t c = 0; c < C; ++c) sum += std::exp(X(p, c) - mx);
     const double lse = mx + std::log(sum);
     ref_lse[p] = lse;
+    ref_max[p] = mx;
+    for (int64_t c = 0; c < C; ++c) {
+      if (X(p, c) != -INFINITY) ref_S1[p] += std::exp(X(p, c) - lse) * std::abs(X(p, c) - mx);
+    }
     double loss = 0, A = 0;
     if (kProb) {
       for (int64_t c = 0; c < C; ++c) {
         const double a = W(c) * ((1 - eps) * Tt(p, c) + eps / C);
-        if (a != 0) loss += a * (lse - X(p, c));
+        if (a != 0) {
+          loss += a * (lse - X(p, c));
+          ref_D[p] += a * std::abs(X(p, c) - mx);
+        }
         A += a;
       }
       ref_w[p] = 1;
@@ -128,7 +207,10 @@ void run(const Case& cs, double tol) {
     } else {
       const double wy = W(y[p]);
       loss = (1 - eps) * wy * (lse - X(p, y[p]));
-      for (int64_t c = 0; c < C; ++c) loss += eps / C * W(c) * (lse - X(p, c));
+      for (int64_t c = 0; c < C; ++c) {
+        loss += eps / C * W(c) * (lse - X(p, c));
+        ref_D[p] += eps / C * W(c) * std::abs(X(p, c) - mx);
+      }
       ref_w[p] = wy;
       A = (1 - eps) * wy + eps / C * weight_total;
     }
@@ -146,10 +228,10 @@ void run(const Case& cs, double tol) {
   // ---- forward, as launch_forward does
   const bool reduced = cs.reduction != 0;
   const bool vectorize = same_alignment(x, kProb ? t : nullptr);
-  std::vector<acc_t> lse(P);
+  std::vector<lse_t> lse(P);
   std::vector<scalar_t> out(P);
   RowsLaunch rows{};
-  const int64_t blocks = S == 1 ? (rows = rows_launch(cs.outer, C, kVec)).blocks : strided_blocks(P);
+  const int64_t blocks = S == 1 ? (rows = rows_launch<acc_t>(cs.outer, C, kVec)).blocks : strided_blocks(P);
   std::vector<acc_t> partials(2 * blocks);
   acc_t* pl = reduced ? partials.data() : nullptr;
   acc_t* pw = reduced ? partials.data() + blocks : nullptr;
@@ -171,14 +253,51 @@ void run(const Case& cs, double tol) {
           pl, pw, blocks, cs.reduction == 1, kProb ? static_cast<acc_t>(P) : acc_t(0), &reduced_out);
     });
   }
+  const double n_round = static_cast<double>(C) + 4;
+  // Bound on the error of log(sum), and of the saved lse (see Bounds).
+  auto log_sum_bound = [&](int64_t p) { return u.u_acc * (ref_S1[p] + n_round); };
+  auto lse_bound = [&](int64_t p) { return log_sum_bound(p) + u.u_lse * std::abs(ref_lse[p]); };
+  // The loss bound without the rounding of the stored value.
+  auto loss_bound = [&](int64_t p) {
+    const double log_sum = ref_lse[p] - ref_max[p];
+    return ref_A[p] * log_sum_bound(p) + u.u_acc * n_round * (ref_D[p] + ref_A[p] * log_sum) +
+        4 * u.u_acc * std::abs(ref_loss[p]);
+  };
+  double loss_bound_total = 0, loss_abs_total = 0;
   for (int64_t p = 0; p < P; ++p) {
+    loss_bound_total += loss_bound(p);
+    loss_abs_total += std::abs(ref_loss[p]);
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    if (cs.strict()) {
+      check_abs(cs, "lse", lse[p], ref_lse[p], lse_bound(p));
+      if (!reduced) {
+        check_abs(cs, "loss", static_cast<double>(out[p]), ref_loss[p],
+                  loss_bound(p) + u.u_out * std::abs(ref_loss[p]) + u.out_step);
+      }
+      continue;
+    }
     check(cs, "lse", lse[p], ref_lse[p], std::max(1.0, std::abs(ref_lse[p])), tol);
     if (!reduced) check(cs, "loss", static_cast<double>(out[p]), ref_loss[p], std::max(1.0, loss_scale), tol);
   }
-  if (cs.reduction == 2) check(cs, "sum", static_cast<double>(reduced_out), loss_total, std::abs(loss_total) + 1, tol);
+  // Sums of P terms add P + 8 roundings of the summed magnitudes.
+  const double sum_bound = loss_bound_total + u.u_acc * (P + 8) * loss_abs_total;
+  if (cs.reduction == 2) {
+    if (cs.strict()) {
+      check_abs(cs, "sum", static_cast<double>(reduced_out), loss_total, sum_bound + u.u_out * std::abs(loss_total) + u.out_step);
+    } else {
+      check(cs, "sum", static_cast<double>(reduced_out), loss_total, std::abs(loss_total) + 1, tol);
+    }
+  }
   if (cs.reduction == 1) {
     const double ref = denominator == 0 ? NAN : loss_total / denominator;
-    check(cs, "mean", static_cast<double>(reduced_out), ref, std::abs(ref) + 1e-3, tol);
+    if (cs.strict()) {
+      // The divisor, a sum of P weights, is off by (P + 8) u relative.
+      check_abs(cs, "mean", static_cast<double>(reduced_out), ref,
+                sum_bound / denominator + (u.u_acc * (P + 8) + u.u_out) * std::abs(ref) + u.out_step);
+    } else {
+      check(cs, "mean", static_cast<double>(reduced_out), ref, std::abs(ref) + 1e-3, tol);
+    }
   }
 
   // ---- backward, as launch_backward does
@@ -187,7 +306,7 @@ void run(const Case& cs, double tol) {
   for (auto& g : grad_out) g = static_cast<scalar_t>(gdist(rng));
   GradScale<scalar_t, acc_t> scale{};
   scale.grad_output = grad_out.data();
-  scale.grad_stride = reduced ? 0 : 1;
+  scale.per_position = !reduced;
   scale.divisor = acc_t(1);
   std::vector<acc_t> totals(2);
   if (cs.reduction == 1) {
@@ -223,6 +342,11 @@ void run(const Case& cs, double tol) {
   }
   double grad_scale = 0, tgrad_scale = 0;
   std::vector<double> ref_gi(numel), ref_gt(numel);
+  // Strict cases: per-element bounds (see Bounds).  g = grad_output / divisor
+  // is off by one rounding, or by the (P + 8) u of a summed divisor (mean).
+  std::vector<double> bound_gi(numel), bound_gt(numel);
+  const double g_err = cs.reduction == 1 ? u.u_acc * (P + 8) : u.u_acc;
+  const double tiny = std::numeric_limits<acc_t>::min();  // exp underflow
   for (int64_t p = 0; p < P; ++p) {
     double g = static_cast<double>(grad_out[reduced ? 0 : p]);
     if (cs.reduction == 1) g /= denominator;
@@ -234,6 +358,8 @@ void run(const Case& cs, double tol) {
         a = W(c) * ((1 - eps) * Tt(p, c) + eps / C);
         ref_gt[i] = std::isinf(X(p, c)) ? INFINITY : g * (1 - eps) * W(c) * (ref_lse[p] - X(p, c));
         if (!std::isinf(ref_gt[i])) tgrad_scale = std::max(tgrad_scale, std::abs(ref_gt[i]));
+        bound_gt[i] = std::abs(g * (1 - eps) * W(c)) * (lse_bound(p) + 6 * u.u_acc * std::abs(ref_lse[p] - X(p, c))) +
+            (g_err + u.u_out) * std::abs(ref_gt[i]) + u.out_step;
       } else if (y[p] == ignore_index) {
         ref_gi[i] = 0;
         continue;
@@ -242,9 +368,17 @@ void run(const Case& cs, double tol) {
       }
       ref_gi[i] = g * (ref_A[p] * prob_c - a);
       grad_scale = std::max(grad_scale, std::abs(ref_gi[i]));
+      const double prob_err = lse_bound(p) + 2 * u.u_acc * std::abs(X(p, c) - ref_lse[p]) + (n_round + 8) * u.u_acc;
+      bound_gi[i] = std::abs(g) * (ref_A[p] * (prob_c * prob_err + tiny) + 6 * u.u_acc * std::abs(a)) +
+          (g_err + u.u_out) * std::abs(ref_gi[i]) + u.out_step;
     }
   }
   for (int64_t i = 0; i < numel; ++i) {
+    if (cs.strict()) {
+      check_abs(cs, "grad_input", static_cast<double>(gi[i]), ref_gi[i], bound_gi[i]);
+      if (kProb) check_abs(cs, "grad_target", static_cast<double>(gt[i]), ref_gt[i], bound_gt[i]);
+      continue;
+    }
     check(cs, "grad_input", static_cast<double>(gi[i]), ref_gi[i], grad_scale, tol);
     if (kProb) check(cs, "grad_target", static_cast<double>(gt[i]), ref_gt[i], tgrad_scale, tol);
   }
@@ -282,10 +416,11 @@ void out_of_range_target_asserts() {
     args.classes = classes;
     args.inner = inner;
     args.ignore_index = -100;
-    std::vector<float> lse(positions), out(positions);
+    std::vector<lse_type<float>> lse(positions);
+    std::vector<float> out(positions);
     const int before = emu_assert_failures.load();
     if (inner == 1) {
-      const RowsLaunch rows = rows_launch(outer, classes, 4);
+      const RowsLaunch rows = rows_launch<float>(outer, classes, 4);
       emu_launch(rows.blocks, rows.block_threads, [&] {
         cross_entropy_forward_rows_kernel<float, float, false, 4>(
             args, lse.data(), out.data(), nullptr, nullptr, rows.group_size, true);
@@ -325,6 +460,23 @@ int main() {
   run_case<float>({"f32 rows C=40 prob sum 700 rows w+s", 700, 40, 1, true, true, 0.1, 2, 0, false, false, false}, 2e-5);
   run_case<float>({"f32 K-dim 2x3x700 index none w+s+ignore", 2, 3, 700, false, true, 0.2, 0, 0, false, true, false}, 2e-5);
   run_case<double>({"f64 K-dim 3x6x500 prob mean w", 3, 6, 500, true, true, 0.0, 1, 0, false, false, false}, 1e-10);
+  // Large logits and confident rows, graded strictly (see Bounds); the tol argument is unused.
+  //            name                                 outer classes inner prob   weight smooth red mis tmis  ignored neg_inf offset confident hit
+  run_case<float>({"f32 rows C=10 index none +30", 37, 10, 1, false, true, 0.0, 0, 0, false, false, false, 30.0}, 0);
+  run_case<float>({"f32 rows C=10 index none +60", 37, 10, 1, false, false, 0.0, 0, 1, false, false, false, 60.0}, 0);
+  run_case<float>({"f32 rows C=10 index none +1000", 37, 10, 1, false, true, 0.0, 0, 0, false, false, false, 1000.0}, 0);
+  run_case<float>({"f32 rows C=300 index sum +1000 w+s", 5, 300, 1, false, true, 0.1, 2, 1, false, false, false, 1000.0}, 0);
+  run_case<float>({"f32 rows C=10 prob none +1000 w", 37, 10, 1, true, true, 0.0, 0, 0, false, false, false, 1000.0}, 0);
+  run_case<float>({"f32 rows C=3000 prob mean +60", 3, 3000, 1, true, false, 0.1, 1, 0, false, false, false, 60.0}, 0);
+  run_case<float>({"f32 K-dim 3x7x50 index none +1000", 3, 7, 50, false, false, 0.0, 0, 0, false, false, false, 1000.0}, 0);
+  run_case<float>({"f32 K-dim 2x5x33 prob none +1000 w+s", 2, 5, 33, true, true, 0.1, 0, 0, false, false, false, 1000.0}, 0);
+  run_case<float>({"f32 rows C=10 index none confident hit", 37, 10, 1, false, true, 0.0, 0, 0, false, false, false, 0.0, true, true}, 0);
+  run_case<float>({"f32 rows C=10 index none confident miss", 37, 10, 1, false, true, 0.0, 0, 0, false, false, false, 0.0, true, false}, 0);
+  run_case<float>({"f32 rows C=1000 index mean confident hit +30", 6, 1000, 1, false, false, 0.0, 1, 0, false, true, false, 30.0, true, true}, 0);
+  run_case<float>({"f32 K-dim 3x7x50 index none confident miss +60", 3, 7, 50, false, true, 0.0, 0, 0, false, false, false, 60.0, true, false}, 0);
+  run_case<float>({"f32 rows C=10 prob none confident +30", 37, 10, 1, true, false, 0.0, 0, 0, false, false, false, 30.0, true}, 0);
+  run_case<c10::BFloat16>({"bf16 rows C=10 index none +1000 confident miss", 37, 10, 1, false, false, 0.0, 0, 0, false, false, false, 1000.0, true, false}, 0);
+  run_case<c10::Half>({"f16 rows C=100 prob none +1000", 9, 100, 1, true, true, 0.0, 0, 0, false, false, false, 1000.0}, 0);
   out_of_range_target_asserts();
   if (emu_assert_failures != 0) {
     std::printf("FAILED unexpected device assertion failures: %d\n", emu_assert_failures.load());

@@ -123,3 +123,17 @@ def test_removed_upstream_line_raises(monkeypatch) -> None:
     monkeypatch.setattr(series, "apply_hunks", lambda text, diff: text)
     with pytest.raises(PythonHunkError, match="removes or changes lines"):
         python_hunks.added_lines(path)
+
+
+def test_docs_patch_changes_only_docstrings() -> None:
+    # 0008's hunks are skipped out of tree because they are documentation.
+    for path in python_hunks.DOCSTRINGS_ONLY:
+        python_hunks.check_docstrings_only(path)
+
+
+def test_a_code_change_is_not_taken_for_a_docstring() -> None:
+    base = 'def f(x):\n    """Doc."""\n    return x\n'
+    assert python_hunks._code_without_docstrings(base) == python_hunks._code_without_docstrings(
+        base.replace("Doc.", "Longer doc."))
+    assert python_hunks._code_without_docstrings(base) != python_hunks._code_without_docstrings(
+        base.replace("return x", "return -x"))
