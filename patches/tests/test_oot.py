@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -64,3 +65,33 @@ def test_tracing_rejects_zero_classes_as_the_kernels_do() -> None:
         torch.ops.aten._fused_cross_entropy_backward(
             mode.from_tensor(torch.ones(())), mode.from_tensor(x), mode.from_tensor(t), None, 1, -100, 0.0,
             mode.from_tensor(lse), [True, True])
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_class_last_input_is_read_in_place(kind: str) -> None:
+    # channels_last (N, C, H, W): the classes of a position are contiguous, so
+    # the kernels read it as (positions, C) rows: same values as the contiguous
+    # input, gradients in the input's layout, and no copy of the logits.
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 3, 5, dtype=torch.float64)
+    if kind == "index":
+        target = torch.randint(0, 7, (2, 3, 5))
+    else:
+        target = torch.softmax(torch.randn(2, 7, 3, 5, dtype=torch.float64), 1).contiguous(
+            memory_format=torch.channels_last)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        leaf = x.clone(memory_format=layout).requires_grad_()
+        loss = oot.patched_cross_entropy(leaf, target, reduction="none", label_smoothing=0.1)
+        (grad,) = torch.autograd.grad(loss, leaf, torch.ones_like(loss))
+        results.append((loss, grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-15)
+    assert results[1][1].is_contiguous(memory_format=torch.channels_last)
+
+    leaf = x.clone(memory_format=torch.channels_last).requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        loss = oot.patched_cross_entropy(leaf, target, label_smoothing=0.1)
+        loss.backward()
+    copies = [e.key for e in profile.key_averages() if e.key in ("aten::copy_", "aten::clone")]
+    assert copies == [], copies
