@@ -95,3 +95,25 @@ def test_class_last_input_is_read_in_place(kind: str) -> None:
         loss.backward()
     copies = [e.key for e in profile.key_averages() if e.key in ("aten::copy_", "aten::clone")]
     assert copies == [], copies
+
+
+def test_functorch_transforms_record_the_composite_not_the_op() -> None:
+    # Under functorch's grad (which records the backward's graph) the routing
+    # records the composite's ATen ops; a plain call runs the fused op.
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    target = torch.randint(0, 6, (4,))
+
+    def fused_calls(fn) -> int:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            fn()
+        return sum(e.count for e in profile.key_averages() if e.key == "aten::_fused_cross_entropy")
+
+    def one(x, t):
+        return oot.patched_cross_entropy(x.unsqueeze(0), t.unsqueeze(0))
+
+    per_sample = torch.func.vmap(torch.func.grad(one))
+    assert fused_calls(lambda: oot.patched_cross_entropy(x, target)) >= 1
+    assert fused_calls(lambda: per_sample(x, target)) == 0
+    expected = torch.func.vmap(torch.func.grad(lambda x, t: F.cross_entropy(x.unsqueeze(0), t.unsqueeze(0))))(x, target)
+    torch.testing.assert_close(per_sample(x, target), expected)

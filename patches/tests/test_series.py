@@ -32,7 +32,7 @@ def test_patched_wheel_files_match_git_am(applied: Path) -> None:
 
 def test_routing_block_is_the_loss_nll_hunk() -> None:
     block = codegen.routing_block()
-    assert "use_fused_cross_entropy(" in block and "at::_fused_cross_entropy_symint(" in block
+    assert "use_fused_cross_entropy(" in block and "fused_cross_entropy_loss_symint(" in block
 
 
 def test_meta_source_defines_the_new_meta_functions() -> None:
