@@ -117,3 +117,16 @@ def test_functorch_transforms_record_the_composite_not_the_op() -> None:
     assert fused_calls(lambda: per_sample(x, target)) == 0
     expected = torch.func.vmap(torch.func.grad(lambda x, t: F.cross_entropy(x.unsqueeze(0), t.unsqueeze(0))))(x, target)
     torch.testing.assert_close(per_sample(x, target), expected)
+
+
+def test_fused_backward_has_torchgens_not_implemented_derivative() -> None:
+    # No derivatives.yaml entry: torchgen registers autogradNotImplementedFallback,
+    # so a direct call that requires grad runs, and its backward raises.
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 2, 4])
+    _, lse = torch.ops.aten._fused_cross_entropy(x.detach(), target, None, 1, -100, 0.0)
+    grad_input, _ = torch.ops.aten._fused_cross_entropy_backward(
+        torch.ones((), dtype=torch.float64), x, target, None, 1, -100, 0.0, lse, [True, False])
+    with pytest.raises(RuntimeError, match="derivative for aten::_fused_cross_entropy_backward is not implemented"):
+        grad_input.sum().backward()
