@@ -19,6 +19,7 @@ dropped; with ``--keep-busy`` it is kept, and then no verdict is printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from typing import Callable, Dict, List, Optional
@@ -27,7 +28,7 @@ import torch
 
 from bench import stats
 from bench.cases import Case, make_inputs
-from bench.load import busy_fraction, load_average
+from bench.load import collect_quiet_rounds, load_average
 from bench.runner import _call, _timed_call
 
 VARIANTS = ("decomposed", "fallback")
@@ -119,6 +120,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _timed_variant(fn: Callable, inputs) -> float:
+    return _timed_call(fn, inputs, "fwdbwd", measure_memory=False)[0]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from patches import oot
@@ -147,20 +152,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             _check(variant, fn, inputs, expected_loss, expected_grad)
             _timed_call(fn, inputs, "fwdbwd", measure_memory=False)  # warm-up
         del expected_grad
-        samples: Dict[str, List[float]] = {variant: [] for variant in VARIANTS}
-        busy_seen: List[float] = []
-        dropped = rounds = 0
-        while len(samples["fallback"]) < args.reps and rounds < args.max_rounds:
-            rounds += 1
-            busy = busy_fraction(0.5)
-            if busy > args.busy_limit and not args.keep_busy:
-                dropped += 1
-                continue
-            busy_seen.append(busy)
-            # Alternate which variant goes first, so that drift does not favour one.
-            order = VARIANTS if rounds % 2 else VARIANTS[::-1]
-            for variant in order:
-                samples[variant].append(_timed_call(fns[variant], inputs, "fwdbwd", measure_memory=False)[0])
+        # The order flips every round, so that drift does not favour one variant.
+        rounds = collect_quiet_rounds(
+            {variant: functools.partial(_timed_variant, fns[variant], inputs) for variant in VARIANTS},
+            args.reps, args.max_rounds, args.busy_limit, keep_busy=args.keep_busy)
+        samples, dropped, busy_seen = rounds.samples, rounds.dropped, rounds.busy_seen
         worst = max(busy_seen, default=float("nan"))
         quiet = quiet and len(samples["fallback"]) >= args.reps and worst <= args.busy_limit
         if not samples["fallback"]:

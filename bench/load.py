@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -44,3 +46,44 @@ def wait_until_idle(max_wait_s: float, threshold: float = 0.15) -> tuple[float, 
 def load_average() -> float:
     """One-minute load average (runnable tasks; 2 means both cores busy here)."""
     return os.getloadavg()[0]
+
+
+@dataclass
+class QuietRounds:
+    """Timings per variant from the rounds kept, and what was dropped."""
+
+    samples: Dict[Any, List[float]]
+    dropped: int
+    busy_seen: List[float]  # others' share of the CPUs before each kept round
+
+
+def collect_quiet_rounds(
+    measures: Dict[Any, Callable[[], float]],
+    reps: int,
+    max_rounds: int,
+    busy_limit: float,
+    keep_busy: bool = False,
+    alternate: bool = True,
+) -> QuietRounds:
+    """Time every variant once per round until ``reps`` rounds are kept.
+
+    Why one loop for every benchmark command: a round is dropped (unless
+    ``keep_busy``) when others used more than ``busy_limit`` of the CPUs just
+    before it, and the variants of a round run back to back, so ratios compare
+    samples taken under the same conditions; with ``alternate`` the order flips
+    every round, so drift does not favour the variant that runs first.
+    """
+    names = list(measures)
+    result = QuietRounds({name: [] for name in names}, 0, [])
+    rounds = 0
+    while len(result.samples[names[0]]) < reps and rounds < max_rounds:
+        rounds += 1
+        busy = busy_fraction(0.5)
+        if busy > busy_limit and not keep_busy:
+            result.dropped += 1
+            continue
+        result.busy_seen.append(busy)
+        order = names if not alternate or rounds % 2 else names[::-1]
+        for name in order:
+            result.samples[name].append(measures[name]())
+    return result

@@ -12,6 +12,7 @@ the series is slower).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from typing import Callable, Dict, List, Optional
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import stats
-from bench.load import busy_fraction, load_average
+from bench.load import collect_quiet_rounds, load_average
 
 
 def per_sample_grads(loss_fn: Callable) -> Callable:
@@ -29,6 +30,12 @@ def per_sample_grads(loss_fn: Callable) -> Callable:
         return loss_fn(x.unsqueeze(0), t.unsqueeze(0), label_smoothing=0.1)
 
     return torch.func.vmap(torch.func.grad(one))
+
+
+def _timed_ms(fn: Callable, x: torch.Tensor, t: torch.Tensor) -> float:
+    start = time.perf_counter()
+    fn(x, t)
+    return (time.perf_counter() - start) * 1e3
 
 
 def make_problem(samples: int, classes: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,19 +70,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         fns: Dict[str, Callable] = {"stock": per_sample_grads(F.cross_entropy),
                                     "patch": per_sample_grads(oot.patched_cross_entropy)}
         torch.testing.assert_close(fns["patch"](x, t), fns["stock"](x, t), rtol=1e-4, atol=1e-6)
-        samples: Dict[str, List[float]] = {"stock": [], "patch": []}
-        dropped = rounds = 0
-        while len(samples["stock"]) < args.reps and rounds < args.max_rounds:
-            rounds += 1
-            if busy_fraction() > args.busy_limit:
-                dropped += 1
-                continue
-            for name in ("stock", "patch") if rounds % 2 else ("patch", "stock"):
-                start = time.perf_counter()
-                fns[name](x, t)
-                samples[name].append((time.perf_counter() - start) * 1e3)
+        kept = collect_quiet_rounds(
+            {name: functools.partial(_timed_ms, fn, x, t) for name, fn in fns.items()},
+            args.reps, args.max_rounds, args.busy_limit)
+        samples, dropped = kept.samples, kept.dropped
         if len(samples["stock"]) < args.reps:
-            print(f"{kind:8} not measured: only {len(samples['stock'])} quiet rounds in {rounds}")
+            print(f"{kind:8} not measured: only {len(samples['stock'])} quiet rounds "
+                  f"in {len(samples['stock']) + dropped}")
             continue
         ratio = stats.ratio_of_medians(samples["patch"], samples["stock"])
         paired = stats.median_paired_ratio(samples["patch"], samples["stock"])

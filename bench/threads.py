@@ -22,7 +22,7 @@ import torch
 from bench import stats
 from bench.cases import Case, make_inputs
 from bench.impls import ImplSet
-from bench.load import busy_fraction, load_average
+from bench.load import collect_quiet_rounds, load_average
 from bench.runner import _timed_call
 
 
@@ -56,24 +56,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                     if line.startswith("ATen parallel backend")), "ATen parallel backend: unknown")
     print(f"{args.impl} {case.label} {args.mode}; {backend}; threads 1 vs {args.threads}; "
           f"load average {load_average():.2f}")
-    samples = {1: [], args.threads: []}
-    busy_seen: List[float] = []
-    dropped = 0
+    counts = list(dict.fromkeys([1, args.threads]))  # one entry when --threads is 1
     for _ in range(2):  # warm-up: builds, first-touch of the gradient's pages
-        for threads in samples:
+        for threads in counts:
             torch.set_num_threads(threads)
             _timed_call(fn, inputs, args.mode, measure_memory=False)
-    rounds = 0
-    while len(samples[1]) < args.reps and rounds < args.max_rounds:
-        rounds += 1
-        busy = busy_fraction(0.5)
-        if busy > args.busy_limit:
-            dropped += 1
-            continue
-        busy_seen.append(busy)
-        for threads in samples:
+
+    def at(threads: int):
+        def measure() -> float:
             torch.set_num_threads(threads)
-            samples[threads].append(_timed_call(fn, inputs, args.mode, measure_memory=False)[0])
+            return _timed_call(fn, inputs, args.mode, measure_memory=False)[0]
+        return measure
+
+    rounds = collect_quiet_rounds({threads: at(threads) for threads in counts}, args.reps,
+                                  args.max_rounds, args.busy_limit, alternate=False)
+    samples, dropped, busy_seen = rounds.samples, rounds.dropped, rounds.busy_seen
     torch.set_num_threads(args.threads)
     print(f"rounds kept {len(samples[1])}, dropped {dropped} (others above {args.busy_limit:.0%} of the CPUs); "
           f"others busy in kept rounds: max {max(busy_seen, default=float('nan')):.1%}; "

@@ -27,7 +27,7 @@ import importlib
 import sys
 import types
 
-from . import series, workspace
+from . import codegen, series, workspace
 
 # Existing modules are rerun only under this prefix (see the module docstring).
 _RERUN_PREFIX = "torch/distributed/"
@@ -97,10 +97,7 @@ def _rerun_edited_module(path: str) -> str:
     text = source.read_text()
     if all(block in text for block in series.added_blocks(path)):
         return f"skipped {path}: the installed torch already carries the series' edits"
-    for diff in series.all_diffs():
-        if diff.path == path:
-            text = series.apply_hunks(text, diff)
-    _execute(path, text, module)
+    _execute(path, codegen.patched_text(path), module)
     return f"reran {name} with the series' edits"
 
 

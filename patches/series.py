@@ -306,6 +306,23 @@ def _git_blob_id(text: str) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _read_patch(patch: Path) -> tuple[list[str], list[str]]:
+    """A patch file's lines up to the format-patch signature, and the signature lines."""
+    text = patch.read_text().split("\n")
+    lines = _strip_email_footer(text)
+    return lines, text[len(lines):]
+
+
+def _diff_span(patch: Path, lines: list[str], path: str) -> tuple[int, int]:
+    """[start, end) of the diff of ``path`` among a patch's lines."""
+    try:
+        start = lines.index(f"diff --git a/{path} b/{path}")
+    except ValueError:
+        raise SeriesError(f"{patch.name} has no diff of {path}") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("diff --git ")), len(lines))
+    return start, end
+
+
 def replace_new_file(patch: Path, path: str, text: str) -> None:
     """Give a file that ``patch`` creates the new content ``text``, in place.
 
@@ -317,13 +334,8 @@ def replace_new_file(patch: Path, path: str, text: str) -> None:
     """
     if not text.endswith("\n"):
         raise SeriesError(f"{path}: the new text must end with a newline")
-    lines = _strip_email_footer(patch.read_text().split("\n"))
-    footer = patch.read_text().split("\n")[len(lines):]
-    try:
-        start = lines.index(f"diff --git a/{path} b/{path}")
-    except ValueError:
-        raise SeriesError(f"{patch.name} has no diff of {path}") from None
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("diff --git ")), len(lines))
+    lines, footer = _read_patch(patch)
+    start, end = _diff_span(patch, lines, path)
     header = lines[start:end]
     hunk_at = next((i for i, line in enumerate(header) if line.startswith("@@")), None)
     if "new file mode 100644" not in header or hunk_at is None or not header[hunk_at].startswith("@@ -0,0 "):
@@ -372,17 +384,11 @@ def file_diff(path: str, before: str | None, after: str) -> str:
 
 def replace_file_diff(patch: Path, path: str, diff: str) -> None:
     """Replace the diff of ``path`` inside ``patch`` with ``diff`` (from :func:`file_diff`)."""
-    text = patch.read_text().split("\n")
-    lines = _strip_email_footer(text)
-    footer = text[len(lines):]
-    try:
-        start = lines.index(f"diff --git a/{path} b/{path}")
-    except ValueError:
-        raise SeriesError(f"{patch.name} has no diff of {path}") from None
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("diff --git ")), len(lines))
+    lines, footer = _read_patch(patch)
+    start, end = _diff_span(patch, lines, path)
     trailing = []
-    while end == len(lines) and lines and lines[end - 1] == "":
-        # keep the blank line(s) format-patch leaves before the signature
+    if end == len(lines) and lines[end - 1] == "":
+        # keep the blank line that ends the last diff before the signature
         trailing.append("")
         end -= 1
     new = diff.rstrip("\n").split("\n")
