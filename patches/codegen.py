@@ -289,7 +289,7 @@ def generate(directory: Path, backends: set[str]) -> list[Path]:
         for key, kernel in kernel_keys(parsed, f).items():
             by_key.setdefault(key, []).append((str(f.func.name), kernel))
     for key, entries in by_key.items():
-        if key not in backends and key != "CompositeImplicitAutograd":
+        if key not in backends and key not in ("CompositeImplicitAutograd", "CompositeExplicitAutograd"):
             continue
         operators.append(f"TORCH_LIBRARY_IMPL(aten, {key}, m) {{")
         for op_name, kernel in entries:

@@ -97,8 +97,31 @@ def _rerun_edited_module(path: str) -> str:
     text = source.read_text()
     if all(block in text for block in series.added_blocks(path)):
         return f"skipped {path}: the installed torch already carries the series' edits"
+    before = dict(module.__dict__)
     _execute(path, codegen.patched_text(path), module)
-    return f"reran {name} with the series' edits"
+    rebound = _rebind_imported_names(before, module)
+    return f"reran {name} with the series' edits" + (f" (rebound {', '.join(rebound)})" if rebound else "")
+
+
+def _rebind_imported_names(before: dict[str, object], module: types.ModuleType) -> list[str]:
+    """Point ``from <module> import name`` copies in other loaded modules at the new definitions.
+
+    Why: a package that imported a function before the rerun (``torch.distributed.tensor.parallel``
+    binds ``loss_parallel``) still holds the old function object, whose body is the wheel's; a
+    patched build would have imported the patched one.  Only names bound to the very object the
+    module held before, in modules under the same top-level prefix, are replaced.
+    """
+    replaced = {name: (old, module.__dict__[name]) for name, old in before.items()
+                if not name.startswith("__") and module.__dict__.get(name) is not old}
+    rebound = []
+    for other_name, other in list(sys.modules.items()):
+        if other is None or other is module or not other_name.startswith(_RERUN_PREFIX.replace("/", ".")):
+            continue
+        for name, (old, new) in replaced.items():
+            if getattr(other, name, None) is old:
+                setattr(other, name, new)
+                rebound.append(f"{other_name}.{name}")
+    return sorted(rebound)
 
 
 def apply() -> list[str]:

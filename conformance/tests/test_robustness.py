@@ -79,6 +79,31 @@ CALLS: Tuple[Tuple[str, str, str, str], ...] = (
      "G, X(2, 5, 0), P(2, 5, 0), None, 2, -100, 0.0, [True, True]", NO_CRASH),
     ("_fused_cross_entropy_differentiable_backward", "mismatch/grad_output/index",
      "X(2), X(3, 5), L(3), None, 0, -100, 0.0, [True, False]", RAISE),
+    # (self, target, weight, ignore_index, label_smoothing, class_start, num_classes)
+    ("_fused_cross_entropy_shard_forward", "C=0/index", "X(3, 0), L(3), None, -100, 0.0, 0, 4", RAISE),
+    ("_fused_cross_entropy_shard_forward", "C=0/prob", "X(3, 0), P(3, 0), None, -100, 0.1, 0, 4", NO_CRASH),
+    ("_fused_cross_entropy_shard_forward", "N=0/index", "X(0, 5), L(0), None, -100, 0.1, 5, 10", NO_CRASH),
+    ("_fused_cross_entropy_shard_forward", "K=0/prob", "X(2, 5, 0), P(2, 5, 0), None, -100, 0.0, 0, 5", NO_CRASH),
+    ("_fused_cross_entropy_shard_forward", "classes/past-num_classes", "X(3, 5), L(3), None, -100, 0.0, 4, 8", RAISE),
+    ("_fused_cross_entropy_shard_forward", "classes/negative-start", "X(3, 5), L(3), None, -100, 0.0, -1, 8", RAISE),
+    ("_fused_cross_entropy_shard_forward", "target/past-num_classes", "X(3, 5), L(3) + 9, None, -100, 0.0, 0, 8", RAISE),
+    ("_fused_cross_entropy_shard_forward", "mismatch/weight/index", "X(3, 5), L(3), torch.ones(8), -100, 0.0, 0, 8", RAISE),
+    # (grad_loss, self, target, weight, ignore_index, label_smoothing, log_sum_exp, target_mass,
+    #  class_start, num_classes, output_mask); float input: log_sum_exp double, the others float
+    ("_fused_cross_entropy_shard_backward", "C=0/index",
+     "X(3), X(3, 0), L(3), None, -100, 0.0, X(3).double(), X(3), 0, 4, [True, False]", RAISE),
+    ("_fused_cross_entropy_shard_backward", "N=0/index",
+     "X(0), X(0, 5), L(0), None, -100, 0.0, X(0).double(), X(0), 0, 5, [True, False]", NO_CRASH),
+    ("_fused_cross_entropy_shard_backward", "K=0/prob",
+     "X(2, 0), X(2, 5, 0), P(2, 5, 0), None, -100, 0.1, X(2, 0).double(), X(2, 0), 0, 5, [True, True]", NO_CRASH),
+    ("_fused_cross_entropy_shard_backward", "mismatch/log_sum_exp/dtype",
+     "X(3), X(3, 5), L(3), None, -100, 0.0, X(3), X(3), 0, 5, [True, False]", RAISE),
+    ("_fused_cross_entropy_shard_backward", "mismatch/target_mass/shape",
+     "X(3), X(3, 5), P(3, 5), None, -100, 0.0, X(3).double(), X(2), 0, 5, [True, True]", RAISE),
+    ("_fused_cross_entropy_shard_backward", "mismatch/grad_loss/shape",
+     "X(2), X(3, 5), L(3), None, -100, 0.0, X(3).double(), X(3), 0, 5, [True, False]", RAISE),
+    ("_fused_cross_entropy_shard_backward", "target/past-num_classes",
+     "X(3), X(3, 5), L(3) + 7, None, -100, 0.0, X(3).double(), X(3), 0, 5, [True, False]", RAISE),
 )
 
 

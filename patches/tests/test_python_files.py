@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from patches import oot, python_files
 
 STRATEGIES = "torch.distributed.tensor._ops._fused_cross_entropy_ops"
+HANDLERS = "torch.distributed.tensor.parallel._fused_cross_entropy"
 NONE, MEAN, SUM = 0, 1, 2  # at::Reduction
 
 needs_distributed = pytest.mark.skipif(
@@ -48,7 +49,9 @@ def test_load_registers_the_new_module_and_reruns_loss_parallel() -> None:
     done = python_files.apply()  # what load() did (applied once per process)
     assert done == [
         f"loaded torch/distributed/tensor/_ops/_fused_cross_entropy_ops.py as {STRATEGIES}",
-        "reran torch.distributed.tensor.parallel.loss with the series' edits",
+        f"loaded torch/distributed/tensor/parallel/_fused_cross_entropy.py as {HANDLERS}",
+        "reran torch.distributed.tensor.parallel.loss with the series' edits "
+        "(rebound torch.distributed.tensor.parallel.loss_parallel)",
     ]
     import torch.distributed.tensor._ops as ops
     from torch.distributed.tensor import DTensor
@@ -58,11 +61,18 @@ def test_load_registers_the_new_module_and_reruns_loss_parallel() -> None:
     registered = DTensor._op_dispatcher.sharding_propagator.op_single_dim_strategy_funcs
     fused = [torch.ops.aten._fused_cross_entropy.default, torch.ops.aten._fused_cross_entropy_backward.default]
     assert all(op in registered for op in fused)
-    # loss_parallel was imported before the rerun; it must install the new table's handlers.
+    # The package bound loss_parallel before the rerun; it must be the series' one, which
+    # installs the new table's handlers and removes them even when its body raises.
+    assert loss_parallel is loss.loss_parallel
     handlers = DTensor._op_dispatcher._custom_op_handlers
+    fused_handlers = sys.modules[HANDLERS].fused_cross_entropy_loss_ops
     with loss_parallel():
-        assert all(handlers[op] is loss._fused_cross_entropy_handler for op in fused)
+        assert all(handlers[op] is fused_handlers[op] for op in fused)
     assert not any(op in handlers for op in fused)
+    with pytest.raises(KeyError):
+        with loss_parallel():
+            raise KeyError("a user error inside loss_parallel()")
+    assert not any(op in handlers for op in loss.customized_loss_ops)
 
 
 def _meta(*shape: int) -> object:
