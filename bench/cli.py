@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="one row per case and mode with all implementations side by side")
     parser.add_argument("--from-json", nargs="+", metavar="PATH",
                         help="measure nothing: report saved child files (<--json>.<allocator>.json)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="run `python -m bench.distributed` (class-sharded logits on gloo ranks) with the "
+                        "remaining options instead; see `python -m bench.distributed --help`")
     parser.add_argument("--child-out", metavar="PATH", help=argparse.SUPPRESS)
     return parser
 
@@ -208,6 +211,12 @@ def _run_allocator(args: argparse.Namespace, allocator: str) -> Optional[dict]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse arguments; run as orchestrating parent or as measuring child."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--distributed" in argv:  # ``python -m bench --distributed ...`` is ``python -m bench.distributed ...``
+        from bench.distributed import main as distributed_main
+
+        argv.remove("--distributed")
+        return distributed_main(argv)
     args = _resolve(_parser().parse_args(argv))
     if args.child_out:
         return _child(args)
