@@ -57,13 +57,22 @@ def test_inputs_match_the_case() -> None:
 
 
 def test_cli_end_to_end_both_allocators(tmp_path) -> None:
+    # --busy-limit 1.0: this checks the plumbing on a shared machine; quiet gating has its own tests
     out = tmp_path / "bench.json"
     code = main(["--impls", "torch", "--shapes", "8x16", "--dtypes", "float32", "--targets", "prob",
                  "--smoothing", "0", "--weight", "off", "--modes", "fwdbwd", "--reps", "2",
-                 "--json", str(out), "--plot", ""])
+                 "--threads", "1,2", "--busy-limit", "1.0", "--busy-window", "0.01",
+                 "--bandwidth-mib", "8", "--json", str(out), "--plot", ""])
     assert code == 0
-    records = json.loads(out.read_text())["records"]
+    run = json.loads(out.read_text())
+    records = run["records"]
     assert {r["allocator"] for r in records} == {"default", "thp"}
+    assert sorted((r["allocator"], r["threads"]) for r in records) == [
+        ("default", 1), ("default", 2), ("thp", 1), ("thp", 2)]
     for record in records:
         assert len(record["times_ms"]) == 2 and all(t > 0 for t in record["times_ms"])
-        assert record["check"]["agrees_with_stock"]
+        assert record["check"]["agrees_with_stock"] and record["quiet"]
+        assert record["bandwidth_bytes_per_s"] > 0
+    for meta in run["meta"].values():
+        assert meta["thread_counts"] == [1, 2] and meta["parallel_backend"] != "unknown"
+        assert set(meta["bandwidth_start"]) == {"1", "2"} and set(meta["bandwidth_end"]) == {"1", "2"}
