@@ -1,52 +1,49 @@
-"""The ``distributed`` family's cases, the code each rank runs, and the expected values.
+"""The ``distributed`` family's cases and the values they must produce.
 
 CE-SYS-DTENSOR: on DTensors (Replicate, batch-sharded, and class-sharded inside
-``loss_parallel()``) and under ``DistributedDataParallel``, the loss and its
-gradients equal a single-process float64 evaluation of the reference on the full
-tensors.  Starting a process group costs seconds, so the whole family runs in ONE
-2-rank gloo group per pytest session (:func:`run_family`): every rank runs every
-case, catches a case's exception as that case's outcome, and sends back the full
-(gathered) tensors; each case is then graded by its own pytest test in the parent.
+``loss_parallel()`` on 1-D and 2-D meshes) and under ``DistributedDataParallel``, the
+loss and its gradients equal a single-process float64 evaluation of the reference on
+the full tensors.  A case names its world size and device mesh; the family runs one
+gloo group per world size (``conformance.distributed_group``), every rank runs every
+case of its group (``conformance.distributed_rank``), and each case is graded by its
+own pytest test in the parent against :func:`expected` and :func:`expected_placements`.
 
-Run as ``python -m conformance.distributed_cases --impl NAME --rank R --out DIR``
-(with ``MASTER_ADDR``/``MASTER_PORT``/``WORLD_SIZE`` set) it is one rank of that group.
+Placements are written one token per mesh dim, comma-separated: ``R`` (Replicate),
+``S<d>`` (Shard(d)), or ``plain`` for a plain tensor (the full tensor on every rank).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import datetime
-import os
-import pathlib
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import traceback
+import math
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from conformance.samples import SampleSpec
+from conformance.samples import SampleInput, SampleSpec
 
-WORLD_SIZE = 2
-DTYPE = torch.float32  # the ranks run in float32; the reference in float64 on the same values
+DTYPE = torch.float32  # the default dtype of a case; the reference runs in float64 on the same values
 
-# How a case places its tensors.
-REPLICATE, SHARD0, SHARD1, PLAIN = "replicate", "shard0", "shard1", "plain"
+# Placement tokens of the cases that predate multi-dimensional meshes (1-D mesh).
+REPLICATE, SHARD0, SHARD1, PLAIN = "R", "S0", "S1", "plain"
+
+# A sample tagged so has -inf logits over a whole local class shard of one position
+# (the first TP rank's classes of position 0, the last TP rank's of the last position)
+# while the other shards stay finite; the target puts no mass (or no index) there.
+MASKED_SHARD = "masked-shard"
 
 
 @dataclasses.dataclass(frozen=True)
 class DistCase:
-    """One distributed case: a sample and where its input and target live.
+    """One distributed case: a sample, the mesh, and where its input, target and weight live.
 
     ``scenario`` is ``loss`` (one call on DTensors), ``ddp`` (a Linear + loss model
-    under DistributedDataParallel), or ``after_exception_outside`` /
-    ``after_exception_reenter`` (the loss after an exception escaped ``loss_parallel``).
+    under DistributedDataParallel), ``after_exception_outside`` /
+    ``after_exception_reenter`` (the loss after an exception escaped
+    ``loss_parallel``), or ``after_exception_handlers`` (whether its DTensor op
+    handlers are still installed after that).  ``repeat``: the rank runs the case
+    twice and the two results must be bitwise equal.
     """
 
     layout: str
@@ -55,17 +52,61 @@ class DistCase:
     target_placement: str = REPLICATE
     loss_parallel: bool = False
     scenario: str = "loss"
+    mesh_shape: Tuple[int, ...] = (2,)
+    dtype: torch.dtype = DTYPE
+    weight_placement: str = PLAIN   # inside loss_parallel(); outside it the weight is a Replicate DTensor
+    repeat: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.layout}/{self.spec.id}"
+        """Layout and sample; a dtype other than float32 is named too (the conformance id repeats it)."""
+        suffix = "" if self.dtype == DTYPE else "/" + str(self.dtype).removeprefix("torch.")
+        return f"{self.layout}/{self.spec.id}{suffix}"
+
+    @property
+    def world_size(self) -> int:
+        return math.prod(self.mesh_shape)
+
+    @property
+    def class_dim(self) -> int:
+        return 0 if len(self.spec.shape) == 1 else 1
+
+    @property
+    def tp_dim(self) -> Optional[int]:
+        """The mesh dim that shards the classes (None outside loss_parallel)."""
+        tokens = placements_of(self.input_placement, len(self.mesh_shape))
+        hits = [i for i, p in enumerate(tokens) if p == f"S{self.class_dim}"]
+        return hits[0] if len(hits) == 1 else None
+
+
+def placements_of(text: str, mesh_ndim: int) -> Tuple[str, ...]:
+    """Per-mesh-dim tokens of a placement string (``plain`` is all-Replicate data)."""
+    if text == PLAIN:
+        return (REPLICATE,) * mesh_ndim
+    tokens = tuple(text.split(","))
+    assert len(tokens) == mesh_ndim, f"{text!r} does not name {mesh_ndim} mesh dims"
+    return tokens
+
+
+def derived_index_placement(input_placement: str, class_dim: int = 1) -> str:
+    """Class-index target placements from the input's, as ``loss_parallel()``'s docstring derives them."""
+    out = []
+    for token in input_placement.split(","):
+        if token == f"S{class_dim}":
+            out.append(REPLICATE)
+        elif token.startswith("S") and int(token[1:]) > class_dim:
+            out.append(f"S{int(token[1:]) - 1}")
+        else:
+            out.append(token)
+    return ",".join(out)
 
 
 def _s(kind: str, shape: Tuple[int, ...] = (8, 6), reduction: str = "mean", **options: Any) -> SampleSpec:
     return SampleSpec(kind, shape, reduction, rules=("CE-SYS-DTENSOR",), **options)
 
 
-def _cases() -> List[DistCase]:
+def _legacy_cases() -> List[DistCase]:
+    """The 2-rank cases of the family's first version (names unchanged)."""
     kdim = (4, 6, 3)
     out: List[DistCase] = []
     # Replicate input and target: every rank computes the whole loss.
@@ -108,6 +149,120 @@ def _cases() -> List[DistCase]:
     return out
 
 
+# --------------------------------------------------------------------------- loss_parallel() contract cases
+
+def _mesh_text(mesh_shape: Tuple[int, ...]) -> str:
+    return "x".join(map(str, mesh_shape))
+
+
+def _lp(mesh_shape: Tuple[int, ...], input_placement: str, spec: SampleSpec, target: str = "derived",
+        dtype: torch.dtype = DTYPE, weight: str = PLAIN, repeat: bool = False) -> DistCase:
+    """A loss_parallel() case of the contract (design of issue 9).
+
+    ``target``: ``derived`` (class indices: placed as the docstring derives them; class
+    probabilities: the input's placements), ``tp-replicate`` (probabilities Replicate on
+    the TP dim, the input's placements elsewhere), ``plain``, or explicit placements.
+    """
+    kind_dim = 1 if len(spec.shape) > 1 else 0
+    if target == "derived":
+        target = derived_index_placement(input_placement, kind_dim) if spec.kind == "index" else input_placement
+    elif target == "tp-replicate":
+        target = ",".join(REPLICATE if t == f"S{kind_dim}" else t for t in input_placement.split(","))
+    layout = f"lp/{_mesh_text(mesh_shape)}/{input_placement}/t={target}" + ("/w=R" if weight != PLAIN else "")
+    return DistCase(layout, spec, input_placement, target, loss_parallel=True, mesh_shape=mesh_shape,
+                    dtype=dtype, weight_placement=weight, repeat=repeat)
+
+
+def _lp_common(mesh_shape: Tuple[int, ...], x: str, nc: Tuple[int, int]) -> List[DistCase]:
+    """What every loss_parallel() layout covers: both target kinds, options, reductions, dtypes."""
+    bf16, f64 = torch.bfloat16, torch.float64
+    return [
+        _lp(mesh_shape, x, _s("index", nc), repeat=True),
+        _lp(mesh_shape, x, _s("index", nc, "sum")),
+        _lp(mesh_shape, x, _s("index", nc, "none")),
+        _lp(mesh_shape, x, _s("index", nc, weight=True), weight=REPLICATE),
+        _lp(mesh_shape, x, _s("index", nc, "sum", ignored="some")),
+        _lp(mesh_shape, x, _s("index", nc, weight=True, ignored="some")),
+        _lp(mesh_shape, x, _s("index", nc, label_smoothing=0.1)),
+        _lp(mesh_shape, x, _s("index", nc, "none", weight=True, ignore_index=1, ignored="some", label_smoothing=0.1)),
+        _lp(mesh_shape, x, _s("prob", nc), repeat=True),
+        _lp(mesh_shape, x, _s("prob", nc, "sum", weight=True)),
+        _lp(mesh_shape, x, _s("prob", nc, "none", label_smoothing=0.1)),
+        _lp(mesh_shape, x, _s("prob", nc), target="tp-replicate"),
+        _lp(mesh_shape, x, _s("index", nc, tag=MASKED_SHARD)),
+        _lp(mesh_shape, x, _s("prob", nc, "sum", tag=MASKED_SHARD)),
+        _lp(mesh_shape, x, _s("index", nc), dtype=f64),
+        _lp(mesh_shape, x, _s("prob", nc, "none", weight=True, label_smoothing=0.2), dtype=f64),
+        _lp(mesh_shape, x, _s("index", nc, "sum", weight=True, ignored="some"), dtype=bf16),
+        _lp(mesh_shape, x, _s("prob", nc), dtype=bf16),
+        _lp(mesh_shape, x, _s("index", nc, "none", label_smoothing=0.1), dtype=bf16),
+    ]
+
+
+def _lp_cases() -> List[DistCase]:
+    out: List[DistCase] = []
+    # 2 ranks: C=7 splits 4 + 3.
+    out += _lp_common((2,), "S1", (8, 7))
+    out += [
+        _lp((2,), "S1", _s("prob", (8, 7)), target=PLAIN),
+        _lp((2,), "S1", _s("prob", (8, 7), "sum", label_smoothing=0.1, weight=True), target=PLAIN),
+        _lp((2,), "S1", _s("index", (4, 7, 3), "none", ignored="some")),
+        _lp((2,), "S1", _s("prob", (4, 7, 3))),
+        _lp((2,), "S0", _s("index", (7,), "sum")),  # unbatched (C,)
+        _lp((2,), "S0", _s("prob", (7,))),
+    ]
+    # 4 ranks, 1-D mesh: C=10 splits 3 + 3 + 3 + 1.
+    out += _lp_common((4,), "S1", (6, 10))
+    out += [
+        _lp((4,), "S1", _s("prob", (6, 10), label_smoothing=0.1), target=PLAIN),
+        _lp((4,), "S1", _s("index", (3, 11, 2), ignored="some")),
+        _lp((4,), "S1", _s("prob", (3, 11, 2), "none")),
+    ]
+    # 4 ranks, 2-D mesh (2, 2): mesh dim 0 shards the batch (7 rows: 4 + 3), dim 1 the classes (7: 4 + 3).
+    out += _lp_common((2, 2), "S0,S1", (7, 7))
+    out += [
+        _lp((2, 2), "S0,S1", _s("index", (5, 7, 3))),
+        _lp((2, 2), "S0,S1", _s("prob", (5, 7, 3), "none")),
+        _lp((2, 2), "S2,S1", _s("index", (2, 7, 5), "none", ignored="some")),  # d1 = 5 splits 3 + 2
+        _lp((2, 2), "S2,S1", _s("index", (2, 7, 5), weight=True, label_smoothing=0.1)),
+        _lp((2, 2), "S2,S1", _s("prob", (2, 7, 5), "sum")),
+        _lp((2, 2), "S2,S1", _s("prob", (2, 7, 5)), dtype=torch.float64),
+        # the non-TP mesh dim replicated: a plain target is the full tensor
+        _lp((2, 2), "R,S1", _s("index", (6, 7)), target=PLAIN),
+        _lp((2, 2), "R,S1", _s("prob", (6, 7), "sum", label_smoothing=0.1), target=PLAIN),
+        _lp((2, 2), "R,S1", _s("prob", (6, 7), "none")),
+    ]
+    # 4 ranks, 2-D mesh with the TP dim first.
+    tp_first = "S1,S0"
+    out += [
+        _lp((2, 2), tp_first, _s("index", (7, 10)), repeat=True),
+        _lp((2, 2), tp_first, _s("index", (7, 10), "none", weight=True, ignored="some")),
+        _lp((2, 2), tp_first, _s("index", (7, 10), "sum", label_smoothing=0.1)),
+        _lp((2, 2), tp_first, _s("prob", (7, 10)), repeat=True),
+        _lp((2, 2), tp_first, _s("prob", (7, 10), "none", weight=True)),
+        _lp((2, 2), tp_first, _s("prob", (7, 10), "sum", label_smoothing=0.1), target="tp-replicate"),
+        _lp((2, 2), tp_first, _s("index", (7, 10), tag=MASKED_SHARD)),
+        _lp((2, 2), tp_first, _s("prob", (7, 10), tag=MASKED_SHARD), dtype=torch.bfloat16),
+        _lp((2, 2), "S1,S2", _s("index", (2, 10, 5), "sum")),
+    ]
+    return out
+
+
+def _other_new_cases() -> List[DistCase]:
+    """Handler removal after an exception, and stock's 'Why' configurations outside loss_parallel()."""
+    return [
+        DistCase("loss_parallel/after-exception/handlers-removed", _s("index"), scenario="after_exception_handlers"),
+        DistCase("shard0+replicate-target", _s("index", label_smoothing=0.1), SHARD0, REPLICATE),
+        DistCase("shard0+replicate-target", _s("prob", weight=True, label_smoothing=0.1), SHARD0, REPLICATE),
+        DistCase("shard0+replicate-target", _s("index", weight=True, ignored="some", label_smoothing=0.1),
+                 SHARD0, REPLICATE),
+    ]
+
+
+def _cases() -> List[DistCase]:
+    return _legacy_cases() + _lp_cases() + _other_new_cases()
+
+
 CASES: Tuple[DistCase, ...] = tuple(_cases())
 BY_NAME: Dict[str, DistCase] = {c.name: c for c in CASES}
 assert len(BY_NAME) == len(CASES), "duplicate distributed case names"
@@ -129,7 +284,7 @@ assert set(COMPILE_CASES) <= set(BY_NAME)
 
 
 def case_names(impl_name: str) -> List[str]:
-    """The cases the group runs for ``impl_name`` (all but ``compile``'s subset)."""
+    """The cases the groups run for ``impl_name`` (all but ``compile``'s subset)."""
     if impl_name == "compile":
         return list(COMPILE_CASES)
     return [c.name for c in CASES]
@@ -137,15 +292,45 @@ def case_names(impl_name: str) -> List[str]:
 
 # --------------------------------------------------------------------------- shared by ranks and parent
 
-def incoming_gradient(shape: torch.Size, salt: str) -> torch.Tensor:
+def build_sample(case: DistCase) -> SampleInput:
+    """The case's full tensors in its dtype, the same on every rank and in the parent."""
+    sample = case.spec.build("cpu", case.dtype)
+    if case.spec.tag == MASKED_SHARD:
+        _mask_shards(case, sample)
+    return sample
+
+
+def _mask_shards(case: DistCase, sample: SampleInput) -> None:
+    """-inf over the first TP rank's classes of position 0 and the last TP rank's of the last position."""
+    cd = case.class_dim
+    classes = sample.input.shape[cd]
+    tp_size = case.mesh_shape[case.tp_dim] if case.tp_dim is not None else 1
+    chunk = -(-classes // tp_size)  # Shard splits as torch.chunk does
+    last = slice(chunk * (len(range(0, classes, chunk)) - 1), classes)
+    x = sample.input.clone()
+    target = sample.target.clone()
+    for row, masked, keep in ((0, slice(0, chunk), classes - 1), (-1, last, 0)):
+        x[row, masked] = float("-inf")
+        if case.spec.kind == "index":
+            target[row] = keep
+        else:
+            t = target[row].to(torch.float64)
+            t[masked] = 0
+            if float(t.sum()) == 0:
+                t[keep] = 1
+            target[row] = (t / t.sum()).to(target.dtype)
+    sample.input, sample.target = x, target
+
+
+def incoming_gradient(shape: torch.Size, salt: str, dtype: torch.dtype = DTYPE) -> torch.Tensor:
     """The gradient fed to ``backward``: ones for a scalar loss (``loss.backward()``), else seeded values.
 
-    Values are float32-representable so the float64 reference sees exactly what the ranks do.
+    Values are representable in ``dtype`` so the float64 reference sees exactly what the ranks do.
     """
     if len(shape) == 0:
         return torch.ones((), dtype=torch.float64)
     gen = torch.Generator().manual_seed(zlib.crc32(salt.encode()))
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(DTYPE).to(torch.float64)
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(torch.float64)
 
 
 def ddp_parameters(case: DistCase) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,7 +346,9 @@ def ddp_parameters(case: DistCase) -> Tuple[torch.Tensor, torch.Tensor, torch.Te
 
 def expected(case: DistCase, reference: Callable[..., torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The single-process float64 values and gradients on the full tensors."""
-    sample = case.spec.build("cpu", DTYPE).cast(torch.float64)
+    if case.scenario == "after_exception_handlers":
+        return {"handlers installed after the exception": torch.tensor(False)}
+    sample = build_sample(case).cast(torch.float64)
     target = sample.target
     if case.scenario == "ddp":
         features, weight, bias = (t.to(torch.float64).requires_grad_() for t in ddp_parameters(case))
@@ -176,269 +363,30 @@ def expected(case: DistCase, reference: Callable[..., torch.Tensor]) -> Dict[str
         target = target.detach().requires_grad_()
         leaves.append(target)
     loss = reference(x, target, **sample.kwargs)
-    grads = torch.autograd.grad(loss, leaves, incoming_gradient(loss.shape, case.name))
+    grads = torch.autograd.grad(loss, leaves, incoming_gradient(loss.shape, case.name, case.dtype))
     result = {"loss": loss.detach(), "input gradient": grads[0]}
     if len(grads) > 1:
         result["target gradient"] = grads[1]
     return result
 
 
-# --------------------------------------------------------------------------- the ranks
+def expected_placements(case: DistCase) -> Dict[str, str]:
+    """The placements the loss_parallel() contract gives the loss and the gradients ({} if it says none).
 
-class _ProbeError(Exception):
-    """Raised on purpose inside ``loss_parallel()`` (a user error in the training step)."""
-
-
-def _placement(name: str):
-    from torch.distributed.tensor import Replicate, Shard
-
-    return {REPLICATE: Replicate(), SHARD0: Shard(0), SHARD1: Shard(1)}[name]
-
-
-def _full(t: Optional[torch.Tensor], what: str) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    if t is None:
-        raise AssertionError(f"{what} is None")
-    if isinstance(t, DTensor):
-        t = t.full_tensor()
-    return t.detach().clone()
-
-
-def _place(t: torch.Tensor, placement: str, mesh, requires_grad: bool) -> torch.Tensor:
-    from torch.distributed.tensor import distribute_tensor
-
-    t = t.detach().clone()
-    if placement != PLAIN:
-        t = distribute_tensor(t, mesh, [_placement(placement)])
-    return t.requires_grad_(requires_grad)
-
-
-def _loss_case(case: DistCase, fn, mesh) -> Dict[str, torch.Tensor]:
-    from torch.distributed.tensor import distribute_tensor
-    from torch.distributed.tensor.parallel import loss_parallel
-
-    sample = case.spec.build("cpu", DTYPE)
-    prob = case.spec.kind == "prob"
-    x = _place(sample.input, case.input_placement, mesh, True)
-    target = _place(sample.target, case.target_placement, mesh, prob)
-    kwargs = dict(sample.kwargs)
-    if sample.weight is not None and not case.loss_parallel:
-        kwargs["weight"] = distribute_tensor(sample.weight, mesh, [_placement(REPLICATE)])
-    context = loss_parallel() if case.loss_parallel else contextlib.nullcontext()
-    with context:
-        loss = fn(x, target, **kwargs)
-        grad = incoming_gradient(loss.shape, case.name).to(DTYPE)
-        if loss.dim() == 0:
-            loss.backward()
-        else:
-            placements = getattr(loss, "placements", None)
-            if placements is not None:
-                grad = distribute_tensor(grad, mesh, list(placements))
-            loss.backward(grad)
-    result = {"loss": _full(loss, "loss"), "input gradient": _full(x.grad, "input gradient")}
-    if prob:
-        result["target gradient"] = _full(target.grad, "target gradient")
-    return result
-
-
-def _ddp_case(case: DistCase, fn, rank: int) -> Dict[str, torch.Tensor]:
-    from torch.nn.parallel import DistributedDataParallel
-
-    sample = case.spec.build("cpu", DTYPE)
-    features, weight, bias = ddp_parameters(case)
-    model = torch.nn.Linear(DDP_FEATURES, case.spec.shape[1])
-    with torch.no_grad():
-        model.weight.copy_(weight)
-        model.bias.copy_(bias)
-    ddp = DistributedDataParallel(model)
-    local = slice(rank * features.shape[0] // WORLD_SIZE, (rank + 1) * features.shape[0] // WORLD_SIZE)
-    loss = fn(ddp(features[local]), sample.target[local], **sample.kwargs)
-    loss.backward()
-    return {"weight gradient": _full(model.weight.grad, "weight gradient"),
-            "bias gradient": _full(model.bias.grad, "bias gradient")}
-
-
-def _handlers_installed() -> bool:
-    """Whether loss_parallel's DTensor op handlers are active (they should be only inside it)."""
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor.parallel import loss as lp
-
-    return any(op in DTensor._op_dispatcher._custom_op_handlers for op in lp.customized_loss_ops)
-
-
-def _remove_handlers() -> None:
-    """Undo a leak so the cases after this one run in a clean state."""
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor.parallel import loss as lp
-
-    for op in lp.customized_loss_ops:
-        DTensor._op_dispatcher._custom_op_handlers.pop(op, None)
-
-
-def _after_exception_case(case: DistCase, fn, mesh) -> Dict[str, torch.Tensor]:
-    """Let an exception escape ``loss_parallel()``, then compute the case's loss."""
-    from torch.distributed.tensor import distribute_tensor
-    from torch.distributed.tensor.parallel import loss_parallel
-
-    sample = case.spec.build("cpu", DTYPE)
-    probe = distribute_tensor(sample.input.detach().clone(), mesh, [_placement(SHARD1)])
-    try:
-        with loss_parallel():
-            fn(probe, sample.target, **sample.kwargs)
-            raise _ProbeError("a user error inside loss_parallel()")
-    except Exception:  # _ProbeError, or the implementation's own error on the probe
-        pass
-    leaked = _handlers_installed()
-    try:
-        return _loss_case(case, fn, mesh)
-    except Exception as error:
-        if not leaked:
-            raise
-        note = f"{error} (loss_parallel's DTensor op handlers were still installed after the exception)"
-        try:
-            annotated = type(error)(note)
-        except Exception:  # an exception type that takes other arguments
-            annotated = RuntimeError(f"{type(error).__name__}: {note}")
-        raise annotated from error
-    finally:
-        _remove_handlers()
-
-
-def _run_one(case: DistCase, fn, mesh, rank: int) -> Dict[str, torch.Tensor]:
-    if case.scenario == "ddp":
-        return _ddp_case(case, fn, rank)
-    if case.scenario.startswith("after_exception"):
-        return _after_exception_case(case, fn, mesh)
-    return _loss_case(case, fn, mesh)
-
-
-def _describe(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}"
-    return text if len(text) <= 1500 else text[:1500] + " ..."
-
-
-def resolve(impl_name: str) -> Callable[..., torch.Tensor]:
-    """A registered implementation, or ``module:function`` (the machinery's own tests pass fakes)."""
-    from conformance.impls import get_impl
-
-    if ":" in impl_name:
-        import importlib
-
-        module, attr = impl_name.split(":", 1)
-        return getattr(importlib.import_module(module), attr)
-    return get_impl(impl_name)
-
-
-def rank_main(impl_name: str, rank: int, out_dir: pathlib.Path, names: List[str]) -> None:
-    """One rank: run every case, saving the outcomes after each so a hang loses only the rest."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=120))
-    mesh = init_device_mesh("cpu", (WORLD_SIZE,))
-    outcomes: Dict[str, Dict[str, Any]] = {}
-    path = out_dir / f"rank{rank}.pt"
-    try:
-        fn = resolve(impl_name)
-    except Exception as error:  # the implementation does not load: every case reports it
-        fn = None
-        load_error = f"loading implementation {impl_name!r}: {_describe(error)}"
-    for name in names:
-        start = time.perf_counter()
-        try:
-            if fn is None:
-                raise RuntimeError(load_error)
-            outcomes[name] = {"values": _run_one(BY_NAME[name], fn, mesh, rank)}
-        except Exception as error:
-            outcomes[name] = {"error": _describe(error), "traceback": traceback.format_exc()[-4000:]}
-        if _handlers_installed():  # an exception escaped loss_parallel(): keep the next case clean
-            _remove_handlers()
-            if "error" in outcomes[name]:
-                outcomes[name]["error"] += " [loss_parallel's DTensor op handlers stayed installed after it]"
-        outcomes[name]["seconds"] = time.perf_counter() - start
-        torch.save(outcomes, path)
-    torch.save(outcomes, path)
-    dist.destroy_process_group()
-
-
-# --------------------------------------------------------------------------- the parent
-
-@dataclasses.dataclass(repr=False)
-class FamilyRun:
-    """Per-case, per-rank outcomes of one group run, plus what went wrong with the group itself."""
-
-    outcomes: Dict[int, Dict[str, Dict[str, Any]]]
-    problems: Dict[int, str]
-    seconds: float
-
-    def __repr__(self) -> str:
-        counts = {rank: len(cases) for rank, cases in self.outcomes.items()}
-        return f"FamilyRun(cases per rank={counts}, problems={sorted(self.problems)}, {self.seconds:.1f} s)"
-
-    def outcome(self, name: str, rank: int) -> Dict[str, Any]:
-        """The case's result on ``rank``: ``{"values": ...}`` or ``{"error": ...}``."""
-        if name in self.outcomes.get(rank, {}):
-            return self.outcomes[rank][name]
-        problem = self.problems.get(rank, "no result file")
-        return {"error": f"rank {rank} did not report this case: {problem}"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_family(impl_name: str, names: Optional[List[str]] = None, timeout: float = 600.0) -> FamilyRun:
-    """Start a 2-rank gloo group in subprocesses, run the cases, and collect every rank's outcomes."""
-    names = list(names) if names is not None else case_names(impl_name)
-    root = pathlib.Path(__file__).resolve().parents[1]
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ce-distributed-") as tmp:
-        out_dir = pathlib.Path(tmp)
-        (out_dir / "names.txt").write_text("\n".join(names))
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                   WORLD_SIZE=str(WORLD_SIZE), OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-        procs = []
-        for rank in range(WORLD_SIZE):
-            log = open(out_dir / f"rank{rank}.log", "wb")
-            procs.append((subprocess.Popen(
-                [sys.executable, "-m", "conformance.distributed_cases", "--impl", impl_name, "--rank", str(rank),
-                 "--out", str(out_dir)], cwd=root, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
-                stdout=log, stderr=subprocess.STDOUT), log))
-        problems: Dict[int, str] = {}
-        deadline = time.monotonic() + timeout
-        for rank, (proc, log) in enumerate(procs):
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                problems[rank] = f"killed after the family's {timeout:.0f} s timeout"
-            log.close()
-            if proc.returncode != 0 and rank not in problems:
-                tail = (out_dir / f"rank{rank}.log").read_text(errors="replace")[-1500:]
-                problems[rank] = f"exited with code {proc.returncode}; output tail:\n{tail}"
-        outcomes = {}
-        for rank in range(WORLD_SIZE):
-            path = out_dir / f"rank{rank}.pt"
-            if path.exists():
-                outcomes[rank] = torch.load(path, weights_only=False)
-    return FamilyRun(outcomes, problems, time.perf_counter() - start)
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="one rank of the distributed conformance family")
-    parser.add_argument("--impl", required=True)
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--out", type=pathlib.Path, required=True)
-    args = parser.parse_args(argv)
-    names = (args.out / "names.txt").read_text().split("\n")
-    rank_main(args.impl, args.rank, args.out, [n for n in names if n])
-
-
-if __name__ == "__main__":
-    main()
+    ``reduction="none"``: the positions' placements (Replicate on the TP dim, the input's
+    Shard(d) elsewhere, shifted down for d > class dim); ``"sum"``/``"mean"``: Replicate on
+    the TP dim, Partial(sum) on another mesh dim where the input is Shard, Replicate
+    elsewhere.  Input gradient: the input's placements; target gradient: the target's, or
+    ``plain`` for a plain target.
+    """
+    if not case.loss_parallel or case.scenario != "loss" or case.tp_dim is None:
+        return {}
+    tokens = placements_of(case.input_placement, len(case.mesh_shape))
+    if case.spec.reduction == "none":
+        loss = derived_index_placement(case.input_placement, case.class_dim)
+    else:
+        loss = ",".join(REPLICATE if i == case.tp_dim or t == REPLICATE else "P(sum)" for i, t in enumerate(tokens))
+    out = {"loss": loss, "input gradient": case.input_placement}
+    if case.spec.kind == "prob":
+        out["target gradient"] = case.target_placement
+    return out

@@ -80,11 +80,26 @@ _LP_UNSUPPORTED = ("loss_parallel() documents label smoothing and probability ta
                    "target stock raises RuntimeError 'aten.masked_fill_.Scalar (smoothing) / aten.mul.Tensor "
                    "(probabilities) got mixed torch.Tensor and DTensor'")
 _LP_PROB_GRAD = ("loss_parallel()'s _log_softmax_backward handler returns the incoming gradient unchanged (the softmax "
-                 "term lives in its nll_loss backward handler), so a probability target sharded like the input "
-                 "(Shard(1)) gets a silently wrong input gradient (the loss is right)")
+                 "term lives in its nll_loss backward handler), so a probability target given as a DTensor (the input's "
+                 "placements, or Replicate on the TP dim) gets a silently wrong input gradient (the loss value is right, "
+                 "but it is Partial(sum) on the TP dim where the contract says Replicate)")
 _LP_LEAK = ("loss_parallel() installs its DTensor op handlers without try/finally: after an exception inside it they "
             "stay installed, and a Replicate-input cross_entropy outside it raises ValueError 'loss_parallel() requires "
             "exactly one mesh dim to shard tensor dimension 1'")
+_LP_MEAN_2D = ("loss_parallel() refuses reduction='mean' on a multi-dimensional mesh: NotImplementedError "
+               "'loss_parallel() with reduction='mean' is only supported on one-dimensional DeviceMesh; got mesh with ndim=2. "
+               "Use reduction='sum' or 'none' instead.' (the spec: the global mean)")
+_LP_SMOOTHING = ("loss_parallel() documents label smoothing as unsupported; with class indices placed as its docstring "
+                 "derives them (a DTensor) stock raises RuntimeError 'aten.masked_fill_.Scalar: in-place operations that "
+                 "require placement changes are not supported. The input has placement (Partial(sum),) ...', with a class "
+                 "weight 'aten.mul.Tensor got mixed torch.Tensor and DTensor'")
+_LP_PROB_WEIGHT = ("probability targets inside loss_parallel() run stock's composite -(log_softmax(x) * t * w).sum(): "
+                   "a class weight given as the full plain tensor (as loss_parallel()'s docstring asks) raises "
+                   "RuntimeError 'aten.mul.Tensor got mixed torch.Tensor and DTensor, need to convert all torch.Tensor "
+                   "to DTensor before calling distributed operators!'")
+_LP_PROB_NEGINF = ("probability targets inside loss_parallel() run stock's composite -(log_softmax(x) * t).sum(): a "
+                   "local class shard that is all -inf with zero target mass gives 0 * -inf = NaN in the loss "
+                   "(CE-DIV-ZERO-LOG-ZERO), and the input gradient is wrong as for any probability target there")
 _COMPILE_LP = ("the torch.compile'd F.cross_entropy, called inside loss_parallel() on a Shard(1) input after it ran on "
                "Replicate/Shard(0) DTensors, returns a silently wrong loss and input gradient (1.964 expected, 0.676); "
                "compiled first inside loss_parallel() it is right")
@@ -92,6 +107,11 @@ _REFERENCE_DTENSOR = ("the reference's plain-op composite mixes plain tensors in
                       "class weight indexed by a DTensor target ('aten.index.Tensor got mixed torch.Tensor and DTensor'), "
                       "and inside loss_parallel() a mask built from the plain target ('aten.masked_fill.Scalar got mixed "
                       "torch.Tensor and DTensor'); with a class weight, and for probability targets, it is right")
+_REFERENCE_LP = ("the reference's plain-op composite inside loss_parallel() (the lp/ cases) runs stock's handlers and DTensor "
+                 "ops: its plain all-ones weight or masks meet DTensors ('aten.index.Tensor' / 'aten.mul.Tensor' / "
+                 "'aten.masked_fill.Scalar got mixed torch.Tensor and DTensor'), an unbatched or K-dim input raises "
+                 "'IndexError: too many indices for tensor of dimension 1', and probability targets get stock's wrong input "
+                 "gradient (CE-DIV-DTENSOR)")
 LINES = (
 )
 
@@ -140,6 +160,15 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     Divergence("torch", "distributed:*:loss_parallel/shard1/prob/*", "CE-DIV-DTENSOR", _LP_UNSUPPORTED),
     Divergence("torch", "distributed:*:loss_parallel/shard1+shard1-target/prob/*", "CE-DIV-DTENSOR", _LP_PROB_GRAD),
     Divergence("torch", "distributed:*:loss_parallel/after-exception/replicate-outside/*", "CE-DIV-DTENSOR", _LP_LEAK),
+    Divergence("torch", "distributed:*:loss_parallel/after-exception/handlers-removed/*", "CE-DIV-DTENSOR", _LP_LEAK),
+    # loss_parallel() cases of the contract (lp/<mesh>/<input placements>/t=<target placements>/...)
+    Divergence("torch", "distributed:*:lp/2x2/*/index/*/mean/*", "CE-DIV-DTENSOR", _LP_MEAN_2D),
+    Divergence("torch", "distributed:*:lp/*/index/*smooth*", "CE-DIV-DTENSOR", _LP_SMOOTHING),
+    Divergence("torch", "distributed:*:lp/*/index/*/weight+ignore*", "CE-DIV-DTENSOR", _LP_WEIGHT_IGNORE),
+    Divergence("torch", "distributed:*:lp/*/t=plain/prob/*", "CE-DIV-DTENSOR", _LP_UNSUPPORTED),
+    Divergence("torch", "distributed:*:lp/*/prob/*weight*", "CE-DIV-DTENSOR", _LP_PROB_WEIGHT),
+    Divergence("torch", "distributed:*:lp/*/prob/*masked-shard*", "CE-DIV-DTENSOR", _LP_PROB_NEGINF),
+    Divergence("torch", "distributed:*:lp/*/prob/*", "CE-DIV-DTENSOR", _LP_PROB_GRAD),
     # ---- torch.compile (runs distributed_cases.COMPILE_CASES only)
     Divergence("compile", "distributed:*:shard0*/index/*/mean/weight*", "CE-DIV-DTENSOR", _DTENSOR_BATCH_MEAN),
     Divergence("compile", "distributed:*:loss_parallel/shard1/index/N,C=8x6/mean/plain", "CE-DIV-DTENSOR", _COMPILE_LP),
@@ -156,6 +185,8 @@ DIVERGENCES: Tuple[Divergence, ...] = (
     Divergence("reference", "distributed:*:loss_parallel/after-exception/reenter/*", "CE-SYS-DTENSOR", _REFERENCE_DTENSOR),
     Divergence("reference", "distributed:*:loss_parallel/shard1+shard1-target/prob/*", "CE-DIV-DTENSOR", _LP_PROB_GRAD),
     Divergence("reference", "distributed:*:loss_parallel/after-exception/replicate-outside/*", "CE-DIV-DTENSOR", _LP_LEAK),
+    Divergence("reference", "distributed:*:loss_parallel/after-exception/handlers-removed/*", "CE-DIV-DTENSOR", _LP_LEAK),
+    Divergence("reference", "distributed:*:lp/*", "CE-SYS-DTENSOR", _REFERENCE_LP),
     # ---- the patch series
     # ---- functorch and numerics families
     Divergence("torch", "functorch:*:vmap/in_dims=0/chunk_size=2/index/N,C=4x5/mean/weight+ignore1-some+smooth0.1",

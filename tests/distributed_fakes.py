@@ -10,3 +10,12 @@ def raises_on_prob_wrong_sum(input: torch.Tensor, target: torch.Tensor, *args, *
         raise ValueError("fake: probability targets are not supported")
     loss = F.cross_entropy(input, target, *args, **kwargs)
     return loss * 1.01 if kwargs.get("reduction") == "sum" else loss
+
+
+def raises_on_rank0_for_prob(input: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """Raises on rank 0 only, for probability targets (the ranks disagree); stock otherwise."""
+    import torch.distributed as dist
+
+    if target.is_floating_point() and dist.get_rank() == 0:
+        raise ValueError("fake: rank 0 refuses probability targets")
+    return F.cross_entropy(input, target, *args, **kwargs)
