@@ -285,6 +285,12 @@ def _specials() -> Iterator[SampleSpec]:
             yield SampleSpec(kind, (6, 67), reduction, weight=True, tag="vector-tail", rules=("CE-SHAPE",))
             yield SampleSpec(kind, (3, 67, 5), reduction, tag="vector-tail", rules=("CE-SHAPE",))
         yield SampleSpec(kind, (0, 5, 3), "mean", rules=("CE-EMPTY",))
+        # K-dim inputs whose positions span several of the CPU kernel's blocks
+        # (up to 1024 positions each) and end in a partial vector, and many
+        # classes over a few positions (blocks of one vector).
+        yield SampleSpec(kind, (2, 5, 1037), "none", weight=True, tag="blocks", rules=("CE-SHAPE",))
+        yield SampleSpec(kind, (2, 5, 1037), "mean", label_smoothing=0.1, tag="blocks", rules=("CE-SHAPE",))
+        yield SampleSpec(kind, (2, 300, 3), "sum", weight=True, tag="blocks", rules=("CE-SHAPE",))
         yield SampleSpec(kind, (16, 1000), "mean", label_smoothing=0.1, tag="wide", rules=("CE-SHAPE",))
         for layout, shape in (("noncontiguous", (4, 5)), ("noncontiguous", (2, 5, 3)),
                               ("transposed", (6, 5)), ("expanded", (4, 5)), ("expanded", (3, 5, 2)),
